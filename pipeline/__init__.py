@@ -1,0 +1,1 @@
+"""The Dagster code location: assets, checks, resources, jobs, schedules (see definitions.py)."""

@@ -1,0 +1,1 @@
+"""Asset groups, one module each: ingestion → validated → features → feature_store → training."""

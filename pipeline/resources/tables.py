@@ -1,0 +1,107 @@
+"""Table storage: one Parquet file per table, or per table and day for daily partitioned ones."""
+
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from flight_delay.data import local_day
+from flight_delay.features import LOCAL_TZ
+
+
+def partition_days(frame: pd.DataFrame, column: str) -> pd.Series:
+    """The local day (``YYYY-MM-DD``) of each row, from ``column``: timestamps, dates as text, or
+    ``"year/month/day"`` for the source's three integer columns."""
+    if column == "year/month/day":
+        return local_day(frame)
+    values = frame[column]
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return values.dt.tz_convert(LOCAL_TZ).dt.strftime("%Y-%m-%d")
+    return values.astype(str)
+
+
+class TableStore(dg.ConfigurableResource, ABC):
+    """Reads and writes tables, whole or by day."""
+
+    @abstractmethod
+    def write(self, table: str, frame: pd.DataFrame, day: str | None = None) -> str: ...
+
+    @abstractmethod
+    def read(self, table: str, days: list[str] | None = None) -> pd.DataFrame: ...
+
+
+class LocalTableStore(TableStore):
+    """Parquet files under a local folder: ``<root>/<table>/<day>.parquet`` per day, or
+    ``<root>/<table>/<table>.parquet`` for a whole table."""
+
+    root: str = Field(description="Folder holding the tables.")
+
+    def _path(self, table: str, day: str | None) -> Path:
+        # Unpartitioned tables get a folder too, so every table is read the same way (Feast
+        # sources glob `<table>/*.parquet`).
+        return Path(self.root) / table / f"{day or table}.parquet"
+
+    def write(self, table: str, frame: pd.DataFrame, day: str | None = None) -> str:
+        path = self._path(table, day)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".parquet.tmp")
+        frame.to_parquet(tmp, index=False)
+        tmp.replace(path)  # readers (Feast, other runs) never see half a file
+        return str(path)
+
+    def read(self, table: str, days: list[str] | None = None) -> pd.DataFrame:
+        if days is None:
+            path = self._path(table, None)
+            if not path.exists():
+                raise FileNotFoundError(f"table {table} has not been materialized: {path} is missing")
+            return pd.read_parquet(path)
+        missing = [d for d in days if not self._path(table, d).exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"table {table} lacks {len(missing)} of the {len(days)} days asked for "
+                f"(first: {missing[0]}); materialize those partitions first"
+            )
+        frames = [pd.read_parquet(self._path(table, d)) for d in days]
+        frames = [f for f in frames if not f.empty] or frames[:1]
+        return pd.concat(frames, ignore_index=True)
+
+
+class ParquetIOManager(dg.ConfigurableIOManager):
+    """Asset values as Parquet through a :class:`TableStore`.
+
+    A daily partitioned asset declares ``partition_column`` in its definition metadata; its frame
+    may cover a range of days (one backfill run) and is written as one file per day, empty days
+    included, so each partition is materialized or not as a whole.
+    """
+
+    store: dg.ResourceDependency[TableStore]
+
+    def _table(self, context: dg.OutputContext | dg.InputContext) -> str:
+        return "/".join(context.asset_key.path)
+
+    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
+        if not isinstance(obj, pd.DataFrame):
+            raise TypeError(f"{context.asset_key.to_user_string()} returned {type(obj).__name__}; expected a DataFrame")
+        table = self._table(context)
+        if not context.has_asset_partitions:
+            self.store.write(table, obj)
+            return
+        column = (context.definition_metadata or {}).get("partition_column")
+        if column is None:
+            raise ValueError(f"{table} is partitioned but declares no 'partition_column' metadata")
+        keys = partition_days(obj, column)
+        partitions = list(context.asset_partition_keys)
+        stray = sorted(set(keys) - set(partitions))
+        if stray:
+            raise ValueError(f"{table}: rows for days outside the run's partitions: {stray[:5]}")
+        for day in partitions:
+            self.store.write(table, obj[keys == day], day)
+
+    def load_input(self, context: dg.InputContext) -> pd.DataFrame:
+        table = self._table(context)
+        if not context.has_asset_partitions:
+            return self.store.read(table)
+        return self.store.read(table, list(context.asset_partition_keys))
