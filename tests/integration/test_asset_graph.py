@@ -1,0 +1,132 @@
+"""The whole graph on six real days, in a temporary folder: features, checks, training,
+registry, promotion; and the Feast guarantees the model depends on."""
+
+from __future__ import annotations
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+import features as repo
+from flight_delay import features as F
+from flight_delay import model as model_lib
+from flight_delay.registry import ModelRegistry
+from pipeline.assets.training import MODEL_NAME
+from tests.integration.graph import DAILY, REFERENCE, TRAINING, Graph
+
+DAYS = ("2013-01-01", "2013-01-06")
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory, source_dir) -> Graph:
+    instance = dg.DagsterInstance.ephemeral()
+    g = Graph(tmp_path_factory.mktemp("graph") / "data", source_dir, instance)
+    assert g.run(REFERENCE).success
+    daily = g.run(DAILY, DAYS)
+    assert daily.success, daily.all_events
+    training = g.run(TRAINING, run_config=g.training_config("2013-01-04", "2013-01-05", "2013-01-06"))
+    assert training.success
+    g.training_result = training
+    return g
+
+
+def _check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
+    return {
+        f"{e.asset_check_evaluation_data.asset_key.to_user_string()}": e.asset_check_evaluation_data.passed
+        for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+
+
+def test_every_check_passes_on_real_days(graph):
+    result = graph.run(DAILY, ("2013-01-05", "2013-01-06"))
+    checks = _check_results(result)
+    assert set(checks) >= {"raw_flights", "raw_weather", "departures", "origin_1h_departures",
+                           "aircraft_last_departure", "route_28d_delays"}
+    assert all(checks.values()), checks
+
+
+def test_model_is_registered_with_metrics_and_lineage(graph):
+    registry = ModelRegistry(graph.data_dir / "bentoml")
+    tags = registry.list(MODEL_NAME)
+    assert len(tags) == 1 and registry.champion(MODEL_NAME) == tags[0]
+    info = registry.get(tags[0]).info
+    assert info.labels["feature_service"] == repo.FLIGHT_DELAY_SERVICE
+    assert info.labels["train_window"].startswith("2013-01-0")
+    assert 0.5 < info.metadata["metrics"]["auc"] <= 1.0
+    assert {"auc", "log_loss", "brier"} <= set(info.metadata["baseline_metrics"])
+    assert info.metadata["lineage"]["train_rows"] > 1000
+    materialization = graph.training_result.asset_materializations_for_node("delay_model")[0]
+    assert {"auc", "log_loss", "brier", "baseline_auc", "calibration", "model_tag"} <= set(materialization.metadata)
+
+
+def test_a_worse_candidate_is_not_promoted(graph):
+    registry = ModelRegistry(graph.data_dir / "bentoml")
+    champion = registry.champion(MODEL_NAME)
+    # One epoch of a one-unit network on the same window cannot beat the champion by AUC.
+    config = graph.training_config("2013-01-04", "2013-01-05", "2013-01-06", epochs=1)
+    config["ops"]["delay_model"]["config"].update(hidden_units=[1], learning_rate=1e-5)
+    del config["ops"]["training_set"]  # reuse the materialized training set
+    result = graph.run(["delay_model", "model_promotion"], run_config=config)
+    assert result.success
+    decision = result.asset_materializations_for_node("model_promotion")[0].metadata
+    assert decision["decision"].value == "keep", decision["reason"].value
+    assert registry.champion(MODEL_NAME) == champion
+    assert len(registry.list(MODEL_NAME)) == 2  # the candidate is kept, versioned, not served
+
+
+def _training_rows(graph: Graph) -> pd.DataFrame:
+    return pd.read_parquet(graph.data_dir / "lake" / "training_set" / "training_set.parquet")
+
+
+def test_training_set_never_uses_values_from_after_prediction_time(graph):
+    """Inject a future departure delay for an aircraft one minute after a prediction: the
+    point-in-time join must keep the older value."""
+    rows = _training_rows(graph)
+    row = rows[rows["last_dep_delay"].notna()].iloc[len(rows) // 2]
+    t = row["event_timestamp"]
+    store = graph.resource("feature_store").store()
+    entity = pd.DataFrame({"tailnum": [row["tailnum"]], "event_timestamp": [t]})
+    offline = graph.data_dir / "offline" / "aircraft_last_departure"
+    future = pd.DataFrame({"tailnum": [row["tailnum"]], "event_timestamp": [t + pd.Timedelta(minutes=1)],
+                           "last_dep_delay": [999.0], "last_dep_unix": [0.0], "flight_date": ["2099-01-01"]})
+    future["event_timestamp"] = future["event_timestamp"].astype("datetime64[ns, UTC]")
+    future.to_parquet(offline / "zz-injected-future.parquet", index=False)
+    try:
+        got = store.get_historical_features(entity, ["aircraft_last_departure:last_dep_delay"]).to_df()
+        assert got["last_dep_delay"].iloc[0] == row["last_dep_delay"] != 999.0
+        later = entity.assign(event_timestamp=t + pd.Timedelta(minutes=2))
+        got_later = store.get_historical_features(later, ["aircraft_last_departure:last_dep_delay"]).to_df()
+        assert got_later["last_dep_delay"].iloc[0] == 999.0  # the join does see it once it is known
+    finally:
+        (offline / "zz-injected-future.parquet").unlink()
+
+
+def test_online_store_serves_what_training_saw(graph, source_dir, tmp_path):
+    """Build a fresh deployment whose online store stops at one prediction time and compare,
+    feature by feature, what it serves with the training rows of every flight predicted then."""
+    rows = _training_rows(graph)
+    local = rows["event_timestamp"].dt.tz_convert(F.LOCAL_TZ)
+    busy = rows[(local.dt.strftime("%Y-%m-%d") == "2013-01-06") & (local.dt.hour == 16)]
+    t = busy["event_timestamp"].value_counts().idxmax()
+    flights = rows[rows["event_timestamp"] == t]
+    live = Graph(tmp_path / "live", source_dir, dg.DagsterInstance.ephemeral())
+    assert live.run(REFERENCE).success
+    result = live.run(DAILY, DAYS, run_config={"ops": {"online_features": {"config": {"as_of": t.isoformat()}}}})
+    assert result.success
+    store = live.resource("feature_store").store()
+    online = store.get_online_features(
+        features=store.get_feature_service(repo.FLIGHT_DELAY_SERVICE),
+        entity_rows=flights[["origin", "carrier", "tailnum", "route"]].to_dict("records"),
+    ).to_df()
+    online = F.request_time_features(online, pd.Series([t] * len(online)))
+    names = [c for c in model_lib.FLIGHT_DELAY_FEATURES.numeric if c in online.columns]
+    assert len(names) >= 25
+    expected = flights[names].reset_index(drop=True).astype("float64")
+    got = online[names].astype("float64")
+    assert len(flights) >= 2
+    mismatch = {c: (got[c].tolist(), expected[c].tolist()) for c in names
+                if not np.allclose(got[c], expected[c], rtol=1e-9, equal_nan=True)}
+    assert not mismatch, mismatch
+    for c in ("plane_manufacturer", "plane_engine"):
+        assert online[c].fillna("").tolist() == flights[c].fillna("").tolist()
