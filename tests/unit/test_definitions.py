@@ -1,0 +1,38 @@
+"""The code location loads, every job resolves, and the daily schedule asks for yesterday."""
+
+from datetime import datetime, timezone
+
+import dagster as dg
+
+from pipeline import definitions
+
+
+def test_every_job_loads():
+    defs = definitions.defs
+    dg.Definitions.validate_loadable(defs)
+    for job in ("feature_refresh_job", "retrain_job"):
+        assert defs.resolve_job_def(job) is not None
+
+
+def test_assets_have_groups_descriptions_and_checks():
+    graph = definitions.defs.resolve_asset_graph()
+    groups = {graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    assert groups == {"ingestion", "validated", "features", "feature_store", "training"}
+    for key in graph.get_all_asset_keys():
+        assert graph.get(key).description, f"{key.to_user_string()} has no description"
+    checked = {c.asset_key.to_user_string() for c in graph.asset_check_keys}
+    assert {"raw_flights", "raw_weather", "departures", "training_set", "origin_1h_departures"} <= checked
+
+
+def test_daily_schedule_refreshes_the_previous_day():
+    schedule = definitions.defs.resolve_schedule_def("feature_refresh_job_schedule")
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2013, 6, 2, 5, 30, tzinfo=timezone.utc))
+    request = list(schedule.evaluate_tick(context).run_requests)[0]
+    assert request.partition_key == "2013-06-01"
+
+
+def test_data_folder_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("FLIGHT_DELAY_DATA_DIR", str(tmp_path))
+    defs = definitions.build_definitions()
+    assert defs.resources["lake"].root == str(tmp_path.resolve() / "lake")
+    assert defs.resources["feature_store"].state_dir == str(tmp_path.resolve() / "feast")
