@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
-UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 DAGSTER := $(UV) run --frozen dagster
 
 # The CLI runs a partition range in one run only for assets that are all partitioned, so the
@@ -12,7 +12,10 @@ REFERENCE_ASSETS := raw_airports,raw_airlines,raw_planes,aircraft_profile,featur
 DAILY_ASSETS := raw_flights,raw_weather,departures,origin_hourly_weather,origin_1h_departures,origin_carrier_3h_departures,aircraft_last_departure,carrier_7d_delays,route_28d_delays,online_features
 TRAINING_ASSETS := training_set,delay_model,model_promotion
 
-.PHONY: help setup demo evaluate materialize test ui feast-plan clean
+# Debian packages the tests drive for real: Chromium (the Dagster UI test).
+SYSTEM_PACKAGES := chromium
+
+.PHONY: help setup system-deps demo evaluate materialize test ui clean
 
 help:
 	@echo "make demo      set up, then materialize the whole graph on January-March 2013"
@@ -21,7 +24,7 @@ help:
 	@echo "make ui        the Dagster UI on http://127.0.0.1:3030"
 
 setup:
-	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --quiet 'uv>=0.5'
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet 'uv>=0.5'
 	$(UV) sync --frozen
 	@mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
 
@@ -42,7 +45,15 @@ evaluate: setup
 	$(MAKE) --no-print-directory materialize RANGE=2013-01-01...2013-12-31 CONFIG=pipeline/run_config/evaluate.yaml && \
 	$(UV) run --frozen python -m pipeline.report --started $$start
 
-test: setup
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+test: setup system-deps
 	$(UV) run --frozen pytest
 
 ui: setup
