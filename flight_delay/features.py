@@ -8,7 +8,10 @@ lies after it can never reach a training row or a live prediction. Every functio
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -270,29 +273,41 @@ def daily_delay_rates(
     return _feature_table(out, [key])
 
 
-_HOLIDAYS = USFederalHolidayCalendar().holidays(start="2000-01-01", end="2040-12-31")
+_HOLIDAYS: list[date] = [
+    d.date() for d in USFederalHolidayCalendar().holidays(start="2000-01-01", end="2040-12-31")
+]
+_ZONE = ZoneInfo(LOCAL_TZ)
+SCHEDULE_COLUMNS: tuple[str, ...] = ("dep_hour", "weekday", "month", "days_to_holiday", "distance")
 
 
-def schedule_features(
-    sched_dep_ts: pd.Series, distance: pd.Series
-) -> pd.DataFrame:
-    """Calendar and schedule features a request carries itself (no lookup needed)."""
-    local = pd.to_datetime(sched_dep_ts, utc=True).dt.tz_convert(LOCAL_TZ)
-    day = local.dt.normalize().dt.tz_localize(None)
-    pos = _HOLIDAYS.searchsorted(day.to_numpy())
-    nxt = _HOLIDAYS[np.minimum(pos, len(_HOLIDAYS) - 1)]
-    prv = _HOLIDAYS[np.maximum(pos - 1, 0)]
-    gap = np.minimum(np.abs((nxt - day.to_numpy()).days), np.abs((day.to_numpy() - prv).days))
-    return pd.DataFrame(
-        {
-            "dep_hour": (local.dt.hour + local.dt.minute / 60.0).astype("float64").to_numpy(),
-            "weekday": local.dt.dayofweek.astype("int64").astype(str).to_numpy(),
-            "month": local.dt.month.astype("int64").to_numpy(),
-            "days_to_holiday": np.minimum(gap, 14).astype("float64"),
-            "distance": pd.Series(distance).astype("float64").to_numpy(),
-        },
-        index=sched_dep_ts.index,
-    )
+def schedule_features_row(sched_dep: datetime, distance: float) -> dict[str, float | str]:
+    """Calendar and schedule features of one request, from its own fields (no lookup).
+
+    Plain Python on purpose: the service calls it once per request, where pandas' per-call
+    overhead would cost more than the whole prediction; training maps it over every row.
+    """
+    if sched_dep.tzinfo is None:
+        raise ValueError(f"scheduled departure {sched_dep.isoformat()} has no time zone")
+    local = sched_dep.astimezone(_ZONE)
+    day = local.date()
+    i = bisect_left(_HOLIDAYS, day)
+    gaps = [abs((_HOLIDAYS[j] - day).days) for j in (i - 1, i) if 0 <= j < len(_HOLIDAYS)]
+    return {
+        "dep_hour": local.hour + local.minute / 60.0,
+        "weekday": str(local.weekday()),
+        "month": float(local.month),
+        "days_to_holiday": float(min(min(gaps), 14)),
+        "distance": float(distance),
+    }
+
+
+def schedule_features(sched_dep_ts: pd.Series, distance: pd.Series) -> pd.DataFrame:
+    """:func:`schedule_features_row` over many requests."""
+    rows = [
+        schedule_features_row(ts.to_pydatetime(), d)
+        for ts, d in zip(pd.to_datetime(sched_dep_ts, utc=True), pd.Series(distance).astype("float64"))
+    ]
+    return pd.DataFrame(rows, columns=list(SCHEDULE_COLUMNS), index=sched_dep_ts.index)
 
 
 def prediction_requests(departures: pd.DataFrame, horizon: pd.Timedelta) -> pd.DataFrame:
@@ -309,13 +324,17 @@ def prediction_requests(departures: pd.DataFrame, horizon: pd.Timedelta) -> pd.D
     return out.reset_index(drop=True)
 
 
+def hours_since(last_unix: np.ndarray | float, now_unix: np.ndarray | float) -> np.ndarray | float:
+    """Hours between a looked-up event time and the prediction time (NaN stays NaN)."""
+    return (now_unix - last_unix) / 3600.0
+
+
 def request_time_features(frame: pd.DataFrame, prediction_ts: pd.Series) -> pd.DataFrame:
     """Features derived at request time from looked-up values: hours since the aircraft's last
-    departure. Applied to the training set and to every live request alike."""
+    departure. Applied to the training set; the service applies :func:`hours_since` per row."""
     now = pd.to_datetime(prediction_ts, utc=True).astype("int64").to_numpy() / 1e9
-    last = frame["last_dep_unix"].astype("float64").to_numpy()
     out = frame.copy()
-    out["hours_since_last_dep"] = (now - last) / 3600.0
+    out["hours_since_last_dep"] = hours_since(frame["last_dep_unix"].astype("float64").to_numpy(), now)
     return out
 
 

@@ -65,6 +65,25 @@ class TrainedModel:
     config: TrainingConfig
     history: dict[str, list[float]] = field(default_factory=dict)
     best_epoch: int = 0
+    bins: dict[str, list[float]] = field(default_factory=dict)
+
+
+def feature_bins(frame: pd.DataFrame, spec: FeatureSpec, bins: int = 10) -> dict[str, list[float]]:
+    """Inner decile edges of each numeric feature in ``frame``: fixed monitoring bins, so live
+    value histograms can be compared with training (drift) across replicas and restarts."""
+    edges: dict[str, list[float]] = {}
+    for c in spec.numeric:
+        values = frame[c].astype("float64").dropna()
+        qs = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])) if len(values) else []
+        edges[c] = [float(q) for q in qs]
+    return edges
+
+
+def bin_index(edges: list[float], value: float) -> str:
+    """Label of the monitoring bin holding ``value``: ``"0"``.. ``str(len(edges))``, or ``"missing"``."""
+    if value != value:  # NaN
+        return "missing"
+    return str(int(np.searchsorted(edges, value, side="right")))
 
 
 def to_model_inputs(frame: pd.DataFrame, spec: FeatureSpec) -> dict[str, np.ndarray]:
@@ -164,7 +183,7 @@ def train(
     )
     history = {k: [float(v) for v in vs] for k, vs in result.history.items()}
     best = int(np.argmax(history["val_auc"])) + 1 if history.get("val_auc") else len(history["loss"])
-    return TrainedModel(model, spec, config, history, best)
+    return TrainedModel(model, spec, config, history, best, feature_bins(fit, spec))
 
 
 def predict(trained: TrainedModel, frame: pd.DataFrame) -> np.ndarray:
@@ -191,6 +210,7 @@ def export(trained: TrainedModel, path: Path) -> None:
     archive.write_out(str(path), verbose=False)
     (path / "feature_spec.json").write_text(json.dumps(trained.spec.to_json(), indent=2))
     (path / "training_config.json").write_text(json.dumps(asdict(trained.config), indent=2))
+    (path / "feature_bins.json").write_text(json.dumps(trained.bins, indent=2))
 
 
 class ServingModel:
@@ -213,14 +233,18 @@ class ServingModel:
             raise ValueError(f"the SavedModel at {path} has no {SERVING_ENDPOINT!r} endpoint")
         self._serve = getattr(self._module, SERVING_ENDPOINT)
         self._tf = tf
+        bins_file = Path(path) / "feature_bins.json"
+        self.bins: dict[str, list[float]] = json.loads(bins_file.read_text()) if bins_file.exists() else {}
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        inputs = to_model_inputs(frame, self.spec)
-        tensors = {
-            k: self._tf.constant(v, dtype=self._tf.string if v.dtype == object else self._tf.float32)
-            for k, v in inputs.items()
-        }
-        return np.asarray(self._serve(tensors), dtype="float64")
+        return self.predict_inputs(to_model_inputs(frame, self.spec))
+
+    def predict_inputs(self, inputs: dict[str, Any]) -> np.ndarray:
+        """Probabilities for named input columns (lists or arrays): one graph call."""
+        tf = self._tf
+        tensors = {c: tf.constant(inputs[c], dtype=tf.float32) for c in self.spec.numeric}
+        tensors |= {c: tf.constant(inputs[c], dtype=tf.string) for c in self.spec.categorical}
+        return self._serve(tensors).numpy().astype("float64")
 
 
 # The network's inputs: request fields, request-time features and the flight_delay_v1 service.

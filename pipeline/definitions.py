@@ -43,6 +43,7 @@ def build_definitions(data_dir: str | None = None, source_dir: str | None = None
             "feature_store": FeatureStoreResource(
                 repo_path=str(repo_path or PROJECT_ROOT), offline_root=str(root / "offline"),
                 state_dir=str(root / "feast"),
+                online_store_url=dg.EnvVar("FLIGHT_DELAY_ONLINE_STORE") if os.environ.get("FLIGHT_DELAY_ONLINE_STORE") else None,
             ),
             "model_registry": LocalModelRegistry(bentoml_home=str(root / "bentoml")),
         },

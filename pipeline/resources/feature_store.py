@@ -4,17 +4,17 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import yaml
 from pydantic import Field
 
 
 class FeatureStoreResource(dg.ConfigurableResource):
     """A Feast ``FeatureStore`` over one repo folder, one offline root and one state folder.
 
-    ``feature_store.yaml`` in ``repo_path`` chooses the stores (SQLite or Redis online, DuckDB
-    offline); ``state_dir`` moves the file registry and a SQLite online store next to the rest of
-    a deployment's data; the offline root is where the feature table assets write their daily
-    Parquet files and where the applied definitions point.
+    ``feature_store.yaml`` in ``repo_path`` chooses the stores (SQLite online, DuckDB offline);
+    ``state_dir`` moves the file registry and a SQLite online store next to the rest of a
+    deployment's data; ``online_store_url`` switches the online store to Redis. The offline root
+    is where the feature table assets write their daily Parquet files and where the applied
+    definitions point.
     """
 
     repo_path: str = Field(description="Folder of feature_store.yaml.")
@@ -23,31 +23,14 @@ class FeatureStoreResource(dg.ConfigurableResource):
         default=None,
         description="Folder for the file registry and the SQLite online store; empty: as in feature_store.yaml.",
     )
-
-    def repo_config(self) -> Any:
-        from feast.repo_config import RepoConfig
-
-        repo = Path(self.repo_path).resolve()
-        raw = yaml.safe_load((repo / "feature_store.yaml").read_text())
-        if self.state_dir:
-            state = Path(self.state_dir).resolve()
-            state.mkdir(parents=True, exist_ok=True)
-            registry = raw.get("registry")
-            if isinstance(registry, dict):
-                registry = {**registry, "path": str(state / "registry.db")}
-            else:
-                registry = str(state / "registry.db")
-            raw["registry"] = registry
-            online = dict(raw.get("online_store") or {"type": "sqlite"})
-            if online.get("type", "sqlite") == "sqlite":
-                online["path"] = str(state / "online.db")
-            raw["online_store"] = online
-        return RepoConfig(repo_path=repo, **raw)
+    online_store_url: str | None = Field(
+        default=None, description="redis://host:port[/db] to use Redis as the online store; empty: SQLite.",
+    )
 
     def store(self) -> Any:
-        from feast import FeatureStore
+        from features.store import build_store
 
-        return FeatureStore(config=self.repo_config())
+        return build_store(self.repo_path, self.state_dir, self.online_store_url)
 
     def definitions(self) -> list:
         import features
