@@ -1,0 +1,1 @@
+"""The BentoML prediction service (``serving.service:FlightDelayService``). Never imports Dagster."""

@@ -1,0 +1,66 @@
+"""Prometheus metrics of the service. Names are stable; every series carries ``model_version``
+and ``variant`` where a model is involved. ``bentoml.metrics`` makes them multiprocess-safe, so
+one scrape of ``/metrics`` sums the workers and the monitoring can sum replicas."""
+
+from __future__ import annotations
+
+import bentoml
+
+LATENCY_BUCKETS = (0.0002, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01,
+                   0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+SCORE_BUCKETS = tuple(i / 20 for i in range(1, 21))
+
+REQUESTS = bentoml.metrics.Counter(
+    name="flight_delay_requests_total",
+    documentation="Requests by endpoint and outcome (ok, client_error, server_error).",
+    labelnames=["endpoint", "outcome"],
+)
+REQUEST_LATENCY = bentoml.metrics.Histogram(
+    name="flight_delay_request_latency_seconds",
+    documentation="Time inside the API method, by endpoint.",
+    labelnames=["endpoint"],
+    buckets=LATENCY_BUCKETS,
+)
+STAGE_LATENCY = bentoml.metrics.Histogram(
+    name="flight_delay_stage_latency_seconds",
+    documentation="Time per stage: feature_lookup, inference.",
+    labelnames=["stage", "endpoint"],
+    buckets=LATENCY_BUCKETS,
+)
+PREDICTIONS = bentoml.metrics.Counter(
+    name="flight_delay_predictions_total",
+    documentation="Predictions served, by model.",
+    labelnames=["model_version", "variant"],
+)
+SCORE = bentoml.metrics.Histogram(
+    name="flight_delay_prediction_score",
+    documentation="Predicted probability of a 15-minute delay.",
+    labelnames=["model_version", "variant"],
+    buckets=SCORE_BUCKETS,
+)
+FEATURE_BIN = bentoml.metrics.Counter(
+    name="flight_delay_feature_value_total",
+    documentation="Served feature values by monitoring bin (deciles fixed from the training data; "
+    "'missing' for no value). Compare bin shares with the training shares for drift.",
+    labelnames=["feature", "bin", "model_version"],
+)
+UNKNOWN = bentoml.metrics.Counter(
+    name="flight_delay_unknown_entities_total",
+    documentation="Requests whose entity the feature store did not know (served with defaults).",
+    labelnames=["entity", "variant"],
+)
+FEEDBACK = bentoml.metrics.Counter(
+    name="flight_delay_feedback_total",
+    documentation="Observed outcomes received, by whether the prediction was right at the threshold.",
+    labelnames=["model_version", "variant", "outcome"],
+)
+FEEDBACK_LOG_LOSS = bentoml.metrics.Counter(
+    name="flight_delay_feedback_log_loss_sum",
+    documentation="Sum of log loss over feedback; divide by flight_delay_feedback_total.",
+    labelnames=["model_version", "variant"],
+)
+FEEDBACK_BRIER = bentoml.metrics.Counter(
+    name="flight_delay_feedback_brier_sum",
+    documentation="Sum of squared error over feedback; divide by flight_delay_feedback_total.",
+    labelnames=["model_version", "variant"],
+)

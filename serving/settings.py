@@ -1,0 +1,65 @@
+"""Service settings, from the environment (12-factor), with the project's embedded defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _float(name: str, default: float, lo: float, hi: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected a number between {lo} and {hi}") from None
+    if not lo <= value <= hi:
+        raise ValueError(f"{name}={raw!r}: expected a number between {lo} and {hi}")
+    return value
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    data_dir: Path
+    repo_path: Path
+    online_store_url: str | None
+    model_name: str
+    challenger: str | None
+    challenger_weight: float
+    threshold: float
+    max_batch: int
+    refresh_seconds: float
+    log_flush_seconds: float
+
+    @property
+    def bentoml_home(self) -> Path:
+        return self.data_dir / "bentoml"
+
+    @property
+    def feast_state(self) -> Path:
+        return self.data_dir / "feast"
+
+    @property
+    def prediction_log(self) -> Path:
+        return self.data_dir / "prediction_log" / "predictions.db"
+
+    @classmethod
+    def from_env(cls) -> ServingSettings:
+        env = os.environ
+        return cls(
+            data_dir=Path(env.get("FLIGHT_DELAY_DATA_DIR") or PROJECT_ROOT / "data").resolve(),
+            repo_path=Path(env.get("FLIGHT_DELAY_FEATURE_REPO") or PROJECT_ROOT).resolve(),
+            online_store_url=env.get("FLIGHT_DELAY_ONLINE_STORE") or None,
+            model_name=env.get("FLIGHT_DELAY_MODEL", "flight_delay"),
+            # A tag, "latest" (the newest registered model that is not the champion) or "none".
+            challenger=(env.get("FLIGHT_DELAY_CHALLENGER", "latest") or "latest"),
+            challenger_weight=_float("FLIGHT_DELAY_CHALLENGER_WEIGHT", 0.1, 0.0, 1.0),
+            threshold=_float("FLIGHT_DELAY_THRESHOLD", 0.3, 0.0, 1.0),
+            max_batch=int(_float("FLIGHT_DELAY_MAX_BATCH", 1000, 1, 100_000)),
+            refresh_seconds=_float("FLIGHT_DELAY_REFRESH_SECONDS", 0.5, 0.05, 60),
+            log_flush_seconds=_float("FLIGHT_DELAY_LOG_FLUSH_SECONDS", 0.1, 0.01, 10),
+        )
