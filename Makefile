@@ -10,18 +10,20 @@ DAGSTER := $(UV) run --frozen dagster
 # graph goes in three steps: reference tables and the Feast registry, the daily assets, training.
 REFERENCE_ASSETS := raw_airports,raw_airlines,raw_planes,aircraft_profile,feature_registry
 DAILY_ASSETS := raw_flights,raw_weather,departures,origin_hourly_weather,origin_1h_departures,origin_carrier_3h_departures,aircraft_last_departure,carrier_7d_delays,route_28d_delays,online_features
-TRAINING_ASSETS := training_set,delay_model,model_promotion
+TRAINING_ASSETS := training_set,delay_model,model_promotion,prediction_bento
 
 # Debian packages the tests drive for real: Chromium (the Dagster UI test).
 SYSTEM_PACKAGES := chromium
 
-.PHONY: help setup system-deps demo evaluate materialize test ui clean
+.PHONY: help setup system-deps demo evaluate materialize test ui serve bench rollback clean
 
 help:
 	@echo "make demo      set up, then materialize the whole graph on January-March 2013"
 	@echo "make test      set up, then run the test suite"
 	@echo "make evaluate  full year: train January-September, evaluate October-December"
 	@echo "make ui        the Dagster UI on http://127.0.0.1:3030"
+	@echo "make serve     the prediction service on http://127.0.0.1:3000 (after make demo)"
+	@echo "make bench     latency and throughput of the service against a naive baseline"
 
 setup:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet 'uv>=0.5'
@@ -58,6 +60,14 @@ test: setup system-deps
 
 ui: setup
 	$(DAGSTER) dev -w workspace.yaml -h 127.0.0.1 -p 3030
+
+# The prediction service for the current champion (after `make demo`), on 127.0.0.1:3000.
+serve: setup
+	$(UV) run --frozen bentoml serve serving.service:FlightDelayService --host 127.0.0.1 --port 3000
+
+# Restore the previous champion; the running service switches within a second.
+rollback: setup
+	$(UV) run --frozen python -m flight_delay.registry rollback --reason "$${REASON:-manual rollback}"
 
 clean:
 	rm -rf data .dagster_home

@@ -154,3 +154,40 @@ class ModelRegistry:
         elif to_tag not in {e.tag for e in events}:
             raise LookupError(f"{to_tag} was never a champion of {name}; rollback restores earlier champions")
         return self._append(name, to_tag, "rollback", reason)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flight_delay.registry {history,promote,rollback}`` over a data folder."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m flight_delay.registry")
+    parser.add_argument("--home", default=None, help="BentoML home (default: $FLIGHT_DELAY_DATA_DIR/bentoml or data/bentoml)")
+    parser.add_argument("--model", default="flight_delay")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("history")
+    promote = sub.add_parser("promote")
+    promote.add_argument("tag")
+    promote.add_argument("--reason", required=True)
+    rollback = sub.add_parser("rollback")
+    rollback.add_argument("--to", dest="to_tag", default=None)
+    rollback.add_argument("--reason", required=True)
+    args = parser.parse_args(argv)
+    home = args.home or Path(os.environ.get("FLIGHT_DELAY_DATA_DIR") or Path(__file__).resolve().parents[1] / "data") / "bentoml"
+    registry = ModelRegistry(home)
+    try:
+        if args.command == "promote":
+            print(registry.promote(args.model, args.tag, args.reason).to_json())
+        elif args.command == "rollback":
+            print(registry.rollback(args.model, args.reason, args.to_tag).to_json())
+        else:
+            for event in registry.history(args.model):
+                print(event.to_json())
+    except LookupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -13,8 +13,8 @@ feature_refresh_job = dg.define_asset_job(
 
 retrain_job = dg.define_asset_job(
     "retrain_job",
-    selection=dg.AssetSelection.groups("training"),
-    description="Build the training set, train and register a model, decide on promotion.",
+    selection=dg.AssetSelection.groups("training", "serving"),
+    description="Build the training set, train and register a model, decide on promotion, build the Bento.",
 )
 
 daily_feature_refresh = dg.build_schedule_from_partitioned_job(

@@ -17,7 +17,7 @@ def test_every_job_loads():
 def test_assets_have_groups_descriptions_and_checks():
     graph = definitions.defs.resolve_asset_graph()
     groups = {graph.get(key).group_name for key in graph.get_all_asset_keys()}
-    assert groups == {"ingestion", "validated", "features", "feature_store", "training"}
+    assert groups == {"ingestion", "validated", "features", "feature_store", "training", "serving"}
     for key in graph.get_all_asset_keys():
         assert graph.get(key).description, f"{key.to_user_string()} has no description"
     checked = {c.asset_key.to_user_string() for c in graph.asset_check_keys}
