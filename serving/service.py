@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import uuid
 from datetime import datetime, timezone
@@ -49,6 +50,8 @@ class ClientError(bentoml.exceptions.BentoMLException):
     name="flight_delay",
     traffic={"timeout": REQUEST_TIMEOUT_SECONDS},
     http={"port": 3000},
+    # One process per core scales a pod; on Kubernetes prefer 1 and more replicas.
+    workers=int(os.environ.get("FLIGHT_DELAY_WORKERS", "1")),
 )
 class FlightDelayService:
     """Departure delay predictions over online features."""
