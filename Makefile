@@ -12,8 +12,9 @@ REFERENCE_ASSETS := raw_airports,raw_airlines,raw_planes,aircraft_profile,featur
 DAILY_ASSETS := raw_flights,raw_weather,departures,origin_hourly_weather,origin_1h_departures,origin_carrier_3h_departures,aircraft_last_departure,carrier_7d_delays,route_28d_delays,online_features
 TRAINING_ASSETS := training_set,delay_model,model_promotion,prediction_bento
 
-# Debian packages the tests drive for real: Chromium (the Dagster UI test).
-SYSTEM_PACKAGES := chromium
+# Debian packages the tests drive for real: Chromium (the Dagster UI test), Redis (the Redis
+# online store), wrk (the benchmark's saturation runs).
+SYSTEM_PACKAGES := chromium redis-server wrk
 
 .PHONY: help setup system-deps demo evaluate materialize test ui serve bench rollback clean
 

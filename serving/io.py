@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _CODE = r"^[A-Z0-9]{3}$"
+# Times the service can convert and featurize: outside, converting to local time (the flight key,
+# the schedule features) overflows Python's datetime range and the request would fail with a 500.
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)
 
 
 class Flight(BaseModel):
@@ -28,8 +32,12 @@ class Flight(BaseModel):
     @field_validator("scheduled_departure", "prediction_time")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return value
+        if value.tzinfo is None:
             raise ValueError("needs a UTC offset, e.g. 2013-06-01T17:00:00-04:00")
+        if not EARLIEST <= value < LATEST:
+            raise ValueError(f"must lie between {EARLIEST.isoformat()} and {LATEST.isoformat()}")
         return value
 
     @model_validator(mode="after")

@@ -42,25 +42,26 @@ FEATURE_BIN = bentoml.metrics.Counter(
     name="flight_delay_feature_value_total",
     documentation="Served feature values by monitoring bin (deciles fixed from the training data; "
     "'missing' for no value). Compare bin shares with the training shares for drift.",
-    labelnames=["feature", "bin", "model_version"],
+    labelnames=["feature", "bin", "model_version", "variant"],
 )
 UNKNOWN = bentoml.metrics.Counter(
     name="flight_delay_unknown_entities_total",
     documentation="Requests whose entity the feature store did not know (served with defaults).",
-    labelnames=["entity", "variant"],
+    labelnames=["entity", "model_version", "variant"],
 )
 FEEDBACK = bentoml.metrics.Counter(
     name="flight_delay_feedback_total",
     documentation="Observed outcomes received, by whether the prediction was right at the threshold.",
     labelnames=["model_version", "variant", "outcome"],
 )
-FEEDBACK_LOG_LOSS = bentoml.metrics.Counter(
-    name="flight_delay_feedback_log_loss_sum",
-    documentation="Sum of log loss over feedback; divide by flight_delay_feedback_total.",
+# Summaries export `_sum` and `_count`: live mean log loss = rate(_sum) / rate(_count).
+FEEDBACK_LOG_LOSS = bentoml.metrics.Summary(
+    name="flight_delay_feedback_log_loss",
+    documentation="Log loss of each prediction that received feedback.",
     labelnames=["model_version", "variant"],
 )
-FEEDBACK_BRIER = bentoml.metrics.Counter(
-    name="flight_delay_feedback_brier_sum",
-    documentation="Sum of squared error over feedback; divide by flight_delay_feedback_total.",
+FEEDBACK_BRIER = bentoml.metrics.Summary(
+    name="flight_delay_feedback_brier",
+    documentation="Squared error of each prediction that received feedback.",
     labelnames=["model_version", "variant"],
 )

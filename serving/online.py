@@ -45,6 +45,11 @@ class OnlineFeatures:
         self.views: dict[str, list[str]] = {
             p.name: [f.name for f in p.features] for p in self.service.feature_view_projections
         }
+        # The point-in-time join of training drops values older than a view's TTL; the online
+        # store returns them however old. Dropping them here too keeps serving = training.
+        self.ttl_seconds: dict[str, float] = {
+            name: store.get_feature_view(name).ttl.total_seconds() for name in self.views
+        }
 
     def check(self) -> None:
         """Raise unless the online store answers (readiness)."""
@@ -66,13 +71,18 @@ class OnlineFeatures:
         missing: list[set[str]] = [set() for _ in range(n)]
         for view, names in self.views.items():
             stamps = found[f"{names[0]}__ts"]
+            ttl = self.ttl_seconds[view]
             for i in range(n):
-                values_missing = all(found[c][i] is None for c in names)
-                if values_missing:
+                if all(found[c][i] is None for c in names):
                     missing[i].add(view)
                     ages[i][view] = None
-                else:
-                    ages[i][view] = round(times[i] - float(stamps[i]), 3)
+                    continue
+                age = times[i] - float(stamps[i])
+                if ttl and age > ttl:  # expired: served as missing, like training
+                    for c in names:
+                        found[c][i] = None
+                    missing[i].add(view)
+                ages[i][view] = round(age, 3)
         unknown = [
             sorted(e for e, views in ENTITY_VIEWS.items() if all(v in missing[i] for v in views))
             for i in range(n)

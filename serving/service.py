@@ -131,9 +131,10 @@ class FlightDelayService:
         for feature, edges in v.model.bins.items():
             value = row.get(feature)
             if value is not None:
-                m.FEATURE_BIN.labels(feature=feature, bin=bin_index(edges, value), model_version=v.tag).inc()
+                m.FEATURE_BIN.labels(feature=feature, bin=bin_index(edges, value), model_version=v.tag,
+                                     variant=v.name).inc()
         for entity in unknown:
-            m.UNKNOWN.labels(entity=entity, variant=v.name).inc()
+            m.UNKNOWN.labels(entity=entity, model_version=v.tag, variant=v.name).inc()
 
     def _timed(self, endpoint: str, fn, *args):
         started = time.perf_counter()
@@ -173,7 +174,11 @@ class FlightDelayService:
         def run() -> FeedbackResult:
             found = self.log.lookup(feedback.request_id, feedback.flight_key)
             if found is None:
-                self.log.flush()  # the prediction may still be queued in this worker
+                # The prediction may still be queued, in this worker or (one flush later) another.
+                self.log.flush()
+                found = self.log.lookup(feedback.request_id, feedback.flight_key)
+            if found is None:
+                time.sleep(self.settings.log_flush_seconds * 1.5)
                 found = self.log.lookup(feedback.request_id, feedback.flight_key)
             if found is None:
                 which = (f"request_id {feedback.request_id}" if feedback.request_id
@@ -186,8 +191,8 @@ class FlightDelayService:
             labels = {"model_version": found["model_version"], "variant": found["variant"]}
             hit = (p >= self.settings.threshold) == late
             m.FEEDBACK.labels(**labels, outcome="hit" if hit else "miss").inc()
-            m.FEEDBACK_LOG_LOSS.labels(**labels).inc(loss)
-            m.FEEDBACK_BRIER.labels(**labels).inc(brier)
+            m.FEEDBACK_LOG_LOSS.labels(**labels).observe(loss)
+            m.FEEDBACK_BRIER.labels(**labels).observe(brier)
             self.log.feedback(found["request_id"], found["flight_key"], feedback.departure_delay_minutes, late)
             return FeedbackResult(request_id=found["request_id"], flight_key=found["flight_key"],
                                   model_version=found["model_version"], variant=found["variant"],
