@@ -82,11 +82,16 @@ def feature_bins(frame: pd.DataFrame, spec: FeatureSpec, bins: int = 10) -> dict
     return edges
 
 
-def bin_index(edges: list[float], value: float) -> str:
-    """Label of the monitoring bin holding ``value``: ``"0"``.. ``str(len(edges))``, or ``"missing"``."""
-    if value != value:  # NaN
-        return "missing"
-    return str(int(np.searchsorted(edges, value, side="right")))
+def bin_counts(edges: list[float], values: Any) -> dict[str, int]:
+    """How many ``values`` fall in each monitoring bin: ``"0"``.. ``str(len(edges))``, and
+    ``"missing"`` for NaN. One call per feature and batch, not per value."""
+    arr = np.asarray(values, dtype="float64")
+    nan = np.isnan(arr)
+    idx, counts = np.unique(np.searchsorted(edges, arr[~nan], side="right"), return_counts=True)
+    out = {str(int(i)): int(c) for i, c in zip(idx, counts)}
+    if nan.any():
+        out["missing"] = int(nan.sum())
+    return out
 
 
 def to_model_inputs(frame: pd.DataFrame, spec: FeatureSpec) -> dict[str, np.ndarray]:

@@ -47,6 +47,12 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _to_json(features: dict[str, Any]) -> str:
+    """Feature values as JSON, missing (NaN) as null."""
+    return json.dumps({k: (None if isinstance(v, float) and v != v else v) for k, v in features.items()},
+                      separators=(",", ":"))
+
+
 class PredictionLog:
     """Queue + writer thread; ``close()`` drains."""
 
@@ -65,14 +71,15 @@ class PredictionLog:
 
     def predicted(self, request_id: str, flight_key: str, model_version: str, variant: str,
                   probability: float, features: dict[str, Any]) -> None:
+        # Serialized by the writer thread, off the request path.
         self._predictions.append((request_id, time.time(), flight_key, model_version, variant,
-                                  probability, json.dumps(features, separators=(",", ":"))))
+                                  probability, features))
 
     def feedback(self, request_id: str, flight_key: str, delay: float, late: bool) -> None:
         self._feedback.append((request_id, time.time(), flight_key, delay, int(late)))
 
     def _drain(self) -> None:
-        preds = [self._predictions.popleft() for _ in range(len(self._predictions))]
+        preds = [(*r[:6], _to_json(r[6])) for r in (self._predictions.popleft() for _ in range(len(self._predictions)))]
         fb = [self._feedback.popleft() for _ in range(len(self._feedback))]
         if not preds and not fb:
             return

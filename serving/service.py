@@ -12,6 +12,7 @@ import math
 import os
 import time
 import uuid
+from collections import Counter
 from datetime import datetime, timezone
 from http import HTTPStatus
 from typing import Annotated
@@ -27,7 +28,7 @@ with bentoml.importing():
     import features as repo
     from features.store import build_store
     from flight_delay.features import LATE_MINUTES
-    from flight_delay.model import bin_index
+    from flight_delay.model import bin_counts
     from flight_delay.registry import ModelRegistry
     from serving.online import OnlineFeatures
     from serving.prediction_log import PredictionLog
@@ -98,16 +99,20 @@ class FlightDelayService:
         groups: dict[str, tuple[Variant, list[int]]] = {}
         for i, v in enumerate(assigned):
             groups.setdefault(v.tag, (v, []))[1].append(i)
+        group_inputs = []
         for variant, rows in groups.values():
             if len(rows) == len(flights):
                 inputs = found.inputs
             else:
                 inputs = {c: [col[i] for i in rows] for c, col in found.inputs.items()}
+            group_inputs.append((variant, rows, inputs))
             for i, p in zip(rows, variant.model.predict_inputs(inputs)):
                 probabilities[i] = float(p)
         t2 = time.perf_counter()
         m.STAGE_LATENCY.labels(stage="feature_lookup", endpoint=endpoint).observe(t1 - t0)
         m.STAGE_LATENCY.labels(stage="inference", endpoint=endpoint).observe(t2 - t1)
+        for variant, rows, inputs in group_inputs:
+            self._observe(variant, [probabilities[i] for i in rows], inputs, [found.unknown[i] for i in rows])
         out = []
         threshold = self.settings.threshold
         for i, flight in enumerate(flights):
@@ -115,9 +120,7 @@ class FlightDelayService:
             request_id = uuid.uuid4().hex
             p = probabilities[i]
             row = {c: found.inputs[c][i] for c in found.inputs}
-            self._observe(v, p, row, found.unknown[i])
-            self.log.predicted(request_id, keys[i], v.tag, v.name, p,
-                               {k: (None if isinstance(x, float) and math.isnan(x) else x) for k, x in row.items()})
+            self.log.predicted(request_id, keys[i], v.tag, v.name, p, row)
             out.append(Prediction(
                 request_id=request_id, flight_key=keys[i], probability=p, delayed=p >= threshold,
                 threshold=threshold, model_version=v.tag, variant=v.name,
@@ -125,16 +128,18 @@ class FlightDelayService:
             ))
         return out
 
-    def _observe(self, v: Variant, p: float, row: dict, unknown: list[str]) -> None:
-        m.PREDICTIONS.labels(model_version=v.tag, variant=v.name).inc()
-        m.SCORE.labels(model_version=v.tag, variant=v.name).observe(p)
+    def _observe(self, v: Variant, scores: list[float], inputs: dict, unknown: list[list[str]]) -> None:
+        """Metrics of one variant's share of a call, aggregated: one increment per series."""
+        m.PREDICTIONS.labels(model_version=v.tag, variant=v.name).inc(len(scores))
+        score = m.SCORE.labels(model_version=v.tag, variant=v.name)
+        for p in scores:
+            score.observe(p)
         for feature, edges in v.model.bins.items():
-            value = row.get(feature)
-            if value is not None:
-                m.FEATURE_BIN.labels(feature=feature, bin=bin_index(edges, value), model_version=v.tag,
-                                     variant=v.name).inc()
-        for entity in unknown:
-            m.UNKNOWN.labels(entity=entity, model_version=v.tag, variant=v.name).inc()
+            if feature in inputs:
+                for b, n in bin_counts(edges, inputs[feature]).items():
+                    m.FEATURE_BIN.labels(feature=feature, bin=b, model_version=v.tag, variant=v.name).inc(n)
+        for entity, n in Counter(e for row in unknown for e in row).items():
+            m.UNKNOWN.labels(entity=entity, model_version=v.tag, variant=v.name).inc(n)
 
     def _timed(self, endpoint: str, fn, *args):
         started = time.perf_counter()
