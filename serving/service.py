@@ -177,11 +177,10 @@ class FlightDelayService:
     async def feedback(self, feedback: Feedback) -> FeedbackResult:
         """Record the observed delay of a predicted flight; updates live quality metrics."""
         def run() -> FeedbackResult:
+            # The prediction may still be queued: in this worker (flush now) or, one flush
+            # interval later, in another.
+            self.log.flush()
             found = self.log.lookup(feedback.request_id, feedback.flight_key)
-            if found is None:
-                # The prediction may still be queued, in this worker or (one flush later) another.
-                self.log.flush()
-                found = self.log.lookup(feedback.request_id, feedback.flight_key)
             if found is None:
                 time.sleep(self.settings.log_flush_seconds * 1.5)
                 found = self.log.lookup(feedback.request_id, feedback.flight_key)
