@@ -3,6 +3,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+# Service worker processes for `make serve` and `make bench`: one per core of this 2-core box.
+SERVE_WORKERS := FLIGHT_DELAY_WORKERS=$${FLIGHT_DELAY_WORKERS:-2}
 UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 DAGSTER := $(UV) run --frozen dagster
 
@@ -13,8 +15,8 @@ DAILY_ASSETS := raw_flights,raw_weather,departures,origin_hourly_weather,origin_
 TRAINING_ASSETS := training_set,delay_model,model_promotion,prediction_bento
 
 # Debian packages the tests drive for real: Chromium (the Dagster UI test), Redis (the Redis
-# online store), wrk (the benchmark's saturation runs).
-SYSTEM_PACKAGES := chromium redis-server wrk
+# online store).
+SYSTEM_PACKAGES := chromium redis-server
 
 .PHONY: help setup system-deps demo evaluate materialize test ui serve bench rollback clean
 
@@ -64,7 +66,12 @@ ui: setup
 
 # The prediction service for the current champion (after `make demo`), on 127.0.0.1:3000.
 serve: setup
-	$(UV) run --frozen bentoml serve serving.service:FlightDelayService --host 127.0.0.1 --port 3000
+	$(SERVE_WORKERS) $(UV) run --frozen bentoml serve serving.service:FlightDelayService --host 127.0.0.1 --port 3000
+
+# Latency and throughput of the service against a naive Keras-predict baseline (after `make demo`).
+# About 9 minutes; QUICK=1 for a 2-minute smoke run; BENCH_ARGS for more (--sustain-seconds 60).
+bench: setup
+	$(SERVE_WORKERS) $(UV) run --frozen python -m serving.bench $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 # Restore the previous champion; the running service switches within a second.
 rollback: setup

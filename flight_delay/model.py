@@ -252,7 +252,11 @@ class ServingModel:
         for endpoint in (SERVING_ENDPOINT, PACKED_ENDPOINT):
             if not hasattr(self._module, endpoint):
                 raise ValueError(f"the SavedModel at {path} has no {endpoint!r} endpoint; re-export it")
-        self._serve = getattr(self._module, PACKED_ENDPOINT)
+        # The concrete function skips tf.function's per-call signature matching (~0.2 ms a call).
+        self._serve = getattr(self._module, PACKED_ENDPOINT).get_concrete_function(
+            tf.TensorSpec([None, len(self.spec.numeric)], tf.float32),
+            tf.TensorSpec([None, len(self.spec.categorical)], tf.string),
+        )
         self._tf = tf
         bins_file = Path(path) / "feature_bins.json"
         self.bins: dict[str, list[float]] = json.loads(bins_file.read_text()) if bins_file.exists() else {}

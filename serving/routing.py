@@ -52,6 +52,7 @@ class ModelRouter:
         self._cache: dict[str, ServingModel] = {}
         self.routing = Routing(None, None, weight)
         self.last_error: str | None = None
+        self._last_stamp: tuple[float, ...] | None = None
         self._stop = threading.Event()
         self.refresh()
         self._thread = threading.Thread(target=self._watch, name="model-watch", daemon=True)
@@ -73,9 +74,22 @@ class ModelRouter:
             self._cache[tag] = ServingModel(self.registry.model_dir(tag))
         return self._cache[tag]
 
+    def _stamp(self) -> tuple[float, ...]:
+        """Modification times of what a promotion, rollback or new model changes."""
+        paths = (self.registry.home / "champions" / f"{self.name}.jsonl",
+                 self.registry.home / "models" / self.name)
+        return tuple(p.stat().st_mtime_ns if p.exists() else 0 for p in paths)
+
     def refresh(self) -> bool:
         """Follow the registry; True when the routing changed."""
-        champion, challenger = self._wanted()
+        stamp = self._stamp()
+        if stamp == self._last_stamp:  # listing models costs ms under the GIL; skip when unchanged
+            return False
+        changed = self._apply(*self._wanted())
+        self._last_stamp = stamp  # only once applied: a failed load is retried next time
+        return changed
+
+    def _apply(self, champion: str | None, challenger: str | None) -> bool:
         current = self.routing
         if (champion == (current.champion.tag if current.champion else None)
                 and challenger == (current.challenger.tag if current.challenger else None)):
