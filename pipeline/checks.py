@@ -9,7 +9,6 @@ that fails, whatever run produced it.
 
 import dagster as dg
 import pandas as pd
-import pandera.pandas as pa
 
 from flight_delay import schemas
 
@@ -68,7 +67,3 @@ def validate_raw_weather(frame: pd.DataFrame, days: list[str]) -> schemas.Valida
     return schemas.validate(
         schemas.RawWeatherSchema, frame, [schemas.in_days_check("year/month/day", days, "observations")]
     )
-
-
-def validate_frame(schema: type[pa.DataFrameModel] | pa.DataFrameSchema, frame: pd.DataFrame) -> schemas.ValidationResult:
-    return schemas.validate(schema, frame)

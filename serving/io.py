@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from flight_delay.features import LOCAL_TZ
+
 _CODE = r"^[A-Z0-9]{3}$"
+_LOCAL = ZoneInfo(LOCAL_TZ)
 # Times the service can convert and featurize: outside, converting to local time (the flight key,
 # the schedule features) overflows Python's datetime range and the request would fail with a 500.
 EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -51,10 +55,7 @@ class Flight(BaseModel):
     @property
     def key(self) -> str:
         """Flight key: local departure date, carrier and number, origin (as the pipeline's flight_id)."""
-        from flight_delay.features import LOCAL_TZ
-        from zoneinfo import ZoneInfo
-
-        day = self.scheduled_departure.astimezone(ZoneInfo(LOCAL_TZ)).strftime("%Y-%m-%d")
+        day = self.scheduled_departure.astimezone(_LOCAL).strftime("%Y-%m-%d")
         return f"{day}:{self.carrier}{self.flight}:{self.origin}"
 
 

@@ -10,16 +10,6 @@ from typing import Any
 
 from flight_delay.features import hours_since, schedule_features_row
 
-# Which entity each feature view describes, for the "unknown entity" flags.
-VIEW_ENTITY = {
-    "origin_hourly_weather": "origin",
-    "origin_1h_departures": "origin",
-    "origin_carrier_3h_departures": "origin_carrier",
-    "aircraft_last_departure": "tailnum",
-    "aircraft_profile": "tailnum",
-    "carrier_7d_delays": "carrier",
-    "route_28d_delays": "route",
-}
 # An entity is unknown when none of its views has a value for it.
 ENTITY_VIEWS = {
     "origin": ("origin_hourly_weather", "origin_1h_departures"),

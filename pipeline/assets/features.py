@@ -9,7 +9,7 @@ import pandas as pd
 from flight_delay import features as F
 from flight_delay import schemas
 from pipeline.checks import (
-    check_result, require_valid, schema_check_spec, validate_frame, validate_raw_flights,
+    check_result, require_valid, schema_check_spec, validate_raw_flights,
     validate_raw_weather,
 )
 from pipeline.partitions import daily_partitions
@@ -47,7 +47,7 @@ def _window(context: dg.AssetExecutionContext) -> tuple[pd.Timestamp, pd.Timesta
 
 def _table(name: str, frame: pd.DataFrame) -> Iterator[dg.Output | dg.AssetCheckResult]:
     yield dg.Output(frame, metadata={"rows": len(frame), "columns": dg.MetadataValue.json(list(frame.columns))})
-    yield check_result(name, validate_frame(schemas.FEATURE_TABLE_SCHEMAS[name], frame))
+    yield check_result(name, schemas.validate(schemas.FEATURE_TABLE_SCHEMAS[name], frame))
 
 
 @dg.asset(**_daily(
@@ -65,7 +65,7 @@ def departures(
         "cancelled": int(frame["cancelled"].sum()),
         "late_rate": float(frame["is_late"].mean()) if frame["is_late"].notna().any() else float("nan"),
     })
-    yield check_result("departures", validate_frame(schemas.DeparturesSchema, frame))
+    yield check_result("departures", schemas.validate(schemas.DeparturesSchema, frame))
 
 
 _FEATURES = "features"
@@ -147,5 +147,5 @@ def route_28d_delays(
 )
 def aircraft_profile(raw_planes: pd.DataFrame) -> Iterator[dg.Output | dg.AssetCheckResult]:
     """Registered attributes of each aircraft: build year, seats, engines, manufacturer."""
-    require_valid("raw_planes", validate_frame(schemas.PlanesSchema, raw_planes))
+    require_valid("raw_planes", schemas.validate(schemas.PlanesSchema, raw_planes))
     yield from _table("aircraft_profile", F.aircraft_profile(raw_planes, KNOWN_SINCE))

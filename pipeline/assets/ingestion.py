@@ -7,7 +7,7 @@ import dagster as dg
 import pandas as pd
 
 from flight_delay import schemas
-from pipeline.checks import check_result, schema_check_spec, validate_frame, validate_raw_flights, validate_raw_weather
+from pipeline.checks import check_result, schema_check_spec, validate_raw_flights, validate_raw_weather
 from pipeline.partitions import daily_partitions
 from pipeline.resources import FlightDataSource
 
@@ -23,7 +23,7 @@ def _reference_asset(name: str, table: str, schema: type, description: str) -> d
     def _asset(source: FlightDataSource) -> Iterator[dg.Output | dg.AssetCheckResult]:
         frame = source.read_table(table)
         yield dg.Output(frame, metadata={"rows": len(frame)})
-        yield check_result(name, validate_frame(schema, frame))
+        yield check_result(name, schemas.validate(schema, frame))
 
     return _asset
 

@@ -15,7 +15,7 @@ from flight_delay import features as F
 from flight_delay import metrics as M
 from flight_delay import model as model_lib
 from flight_delay import schemas
-from pipeline.checks import check_result, schema_check_spec, validate_frame
+from pipeline.checks import check_result, schema_check_spec
 from pipeline.resources import FeatureStoreResource, ModelRegistryResource, TableStore
 
 GROUP = "training"
@@ -97,7 +97,7 @@ def training_set(
         "fingerprint": _fingerprint(frame),
     })
     schema = schemas.training_set_schema(list(model_lib.FLIGHT_DELAY_FEATURES.columns))
-    yield check_result("training_set", validate_frame(schema, frame))
+    yield check_result("training_set", schemas.validate(schema, frame))
 
 
 def _local_window(ts: pd.Series) -> str:
