@@ -96,3 +96,197 @@ def test_single_class_is_refused():
     frame = _frame(500, 4).assign(is_late=0)
     with pytest.raises(ValueError, match="single class"):
         M.train(frame, "is_late", SPEC)
+
+
+# --- the numpy forward pass (forward.npz) ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_linear() -> M.TrainedModel:
+    config = M.TrainingConfig(max_epochs=4, batch_size=256, patience=2)
+    return M.train(_frame(4000, 0), "is_late", SPEC, config, linear=True)
+
+
+@pytest.fixture(scope="module")
+def trained_deep() -> M.TrainedModel:
+    """Two hidden layers: the export must not assume how many there are."""
+    config = M.TrainingConfig(hidden_units=(16, 8), max_epochs=3, batch_size=256, patience=2)
+    return M.train(_frame(4000, 0), "is_late", SPEC, config)
+
+
+@pytest.fixture(scope="module")
+def export_dir(trained, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model_npz") / "saved"
+    M.export(trained, path)
+    return path
+
+
+def _copy(src: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(src, tmp_path / "saved"))
+
+
+def _hard_rows() -> pd.DataFrame:
+    """Test rows with missing numerics (in a column with and one without a NaN indicator),
+    unseen, empty and missing categories, and far-out values."""
+    rows = _frame(300, 2)
+    rows.loc[0:9, "backlog"] = np.nan  # no NaN in training: imputed, no indicator
+    rows.loc[5:14, "noise"] = np.nan
+    rows.loc[20:24, "carrier"] = "ZZ"
+    rows.loc[25:29, "carrier"] = ""
+    rows.loc[30:34, "carrier"] = None
+    rows.loc[40, ["backlog", "noise"]] = [1e4, -1e4]
+    return rows
+
+
+@pytest.mark.parametrize("which", ["trained", "trained_deep", "trained_linear"])
+def test_numpy_forward_matches_keras_and_the_savedmodel(which, request, tmp_path):
+    import tensorflow as tf
+
+    trained = request.getfixturevalue(which)
+    path = tmp_path / "saved"
+    M.export(trained, path)
+    rows = _hard_rows()
+    inputs = M.to_model_inputs(rows, SPEC)
+
+    keras_p = M.predict(trained, rows)
+    module = tf.saved_model.load(str(path))  # kept referenced: its variables die with it
+    serve_p = module.serve({c: tf.constant(v) for c, v in inputs.items()}).numpy()
+    numpy_p = M.NumpyForward.load(path / M.FORWARD_FILE).predict_inputs(inputs)
+    served = M.ServingModel(path)
+    assert served.engine == "numpy"
+    served_p = served.predict(rows)
+
+    assert numpy_p.dtype == np.float64 and numpy_p.shape == (len(rows),)
+    assert np.abs(keras_p - serve_p).max() < 1e-5
+    assert np.abs(numpy_p - keras_p).max() < 1e-5
+    assert np.abs(numpy_p - serve_p).max() < 1e-5
+    np.testing.assert_array_equal(served_p, numpy_p)
+    assert len(np.unique(numpy_p.round(4))) > 10  # not a constant: the comparison means something
+    # The service's shape of input: one row, numerics as Python floats, categories as str.
+    for i in (0, 7, 22, 27, 32, 40, 100):
+        row = {c: [inputs[c][i].item() if c in SPEC.numeric else str(inputs[c][i])] for c in SPEC.columns}
+        assert abs(served.predict_inputs(row)[0] - serve_p[i]) < 1e-5
+
+
+def test_forward_file_holds_the_layers_by_name(trained_deep, tmp_path):
+    path = tmp_path / "saved"
+    M.export(trained_deep, path)
+    with np.load(path / M.FORWARD_FILE, allow_pickle=False) as npz:  # no pickled objects inside
+        arrays = {k: npz[k] for k in npz.files}
+    assert int(arrays["format_version"]) == M.FORWARD_FORMAT_VERSION
+    assert list(arrays["layer_names"]) == ["dense_0", "dense_1", "probability"]
+    assert list(arrays["activations"]) == ["relu", "relu", "sigmoid"]
+    assert [arrays[f"kernel_{j}"].shape for j in range(3)] == [(2 + 1 + 2, 16), (16, 8), (8, 1)]
+    assert list(arrays["numeric_names"]) == ["backlog", "noise"]
+    assert list(arrays["numeric_indicator"]) == [False, True]
+    assert list(arrays["vocabulary_0"]) == ["AA", "B6", "UA"] and arrays["vocabulary_0"].dtype.kind == "U"
+    emb = trained_deep.keras_model.get_layer("carrier_embedding").get_weights()[0]
+    np.testing.assert_array_equal(arrays["embedding_0"], emb)
+    # OOV (unknown, "") is row 0, the vocabulary rows 1..n, as StringLookup(num_oov_indices=1).
+    forward = M.NumpyForward(arrays)
+    lookup = trained_deep.keras_model.get_layer("carrier_lookup")
+    keys = ["AA", "B6", "UA", "ZZ", "", "aa"]
+    assert [forward._cats[0][1].get(k, 0) for k in keys] == [int(i) for i in lookup(np.array(keys))]
+
+
+def test_fit_preprocessing_is_json_and_matches_the_training_window(trained):
+    import json
+
+    prep = M.fit_preprocessing(_frame(4000, 0).iloc[:3600], SPEC)  # train's 90% fit window
+    assert json.loads(json.dumps(prep)) == prep == trained.preprocessing
+    assert list(prep["numeric"]) == ["backlog", "noise"]
+    assert prep["numeric"]["backlog"]["indicator"] is False
+    assert prep["numeric"]["noise"]["indicator"] is True
+    assert prep["categorical"]["carrier"]["vocabulary"] == ["AA", "B6", "UA"]
+    odd = pd.DataFrame({"backlog": [np.nan, np.nan], "noise": [2.0, 2.0], "carrier": ["", None]})
+    prep = M.fit_preprocessing(odd, SPEC)
+    assert prep["numeric"]["backlog"] == {"mean": 0.0, "std": 1.0, "indicator": True}
+    assert prep["numeric"]["noise"] == {"mean": 2.0, "std": 1.0, "indicator": False}
+    assert prep["categorical"]["carrier"]["vocabulary"] == []
+
+
+def test_numpy_forward_edge_inputs(export_dir):
+    forward = M.NumpyForward.load(export_dir / M.FORWARD_FILE)
+    assert forward.predict_inputs({"backlog": [], "noise": [], "carrier": []}).shape == (0,)
+    as_str = forward.predict_inputs({"backlog": [3.0], "noise": [0.1], "carrier": ["UA"]})
+    as_bytes = forward.predict_inputs({"backlog": np.array([3.0], np.float32), "noise": [0.1], "carrier": [b"UA"]})
+    unknown = forward.predict_inputs({"backlog": [3.0], "noise": [0.1], "carrier": ["ZZ"]})
+    np.testing.assert_array_equal(as_str, as_bytes)
+    assert as_str[0] != unknown[0]
+    with pytest.raises(KeyError, match="noise"):
+        forward.predict_inputs({"backlog": [3.0], "carrier": ["UA"]})
+    with pytest.raises(ValueError, match="carrier"):
+        forward.predict_inputs({"backlog": [3.0], "noise": [0.1], "carrier": ["UA", "AA"]})
+
+
+def _rewrite(path: Path, change) -> None:
+    file = path / M.FORWARD_FILE
+    with np.load(file, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    change(arrays)
+    np.savez(file, **arrays)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: a.update(kernel_1=a["kernel_1"][:-1]), r"kernel_1.*shape \(15, 1\), expected \(16, 1\)"),
+        (lambda a: a.update(kernel_0=a["kernel_0"][:-1]), r"kernel_0.*shape \(4, 16\), expected \(5, 16\)"),
+        (lambda a: a.update(bias_0=a["bias_0"][:3]), r"bias_0.*expected \(16,\)"),
+        (lambda a: a.update(embedding_0=a["embedding_0"][:-1]), r"embedding_0.*expected \(4, dim"),
+        (lambda a: a.update(numeric_std=a["numeric_std"][:1]), r"numeric_std.*expected \(2,\)"),
+        (lambda a: a.pop("kernel_1"), r"'kernel_1' is missing"),
+        (lambda a: a.update(format_version=np.array(99)), r"format version 99, expected 1"),
+        (lambda a: a.update(activations=np.array(["relu", "softmax"])), r"softmax"),
+        (lambda a: a.update(numeric_names=np.array(["noise", "backlog"])), r"columns differ"),
+    ],
+)
+def test_inconsistent_forward_file_is_refused_at_load(export_dir, tmp_path, change, message):
+    path = _copy(export_dir, tmp_path)
+    _rewrite(path, change)
+    with pytest.raises(ValueError, match=message) as err:
+        M.ServingModel(path)
+    assert "forward.npz" in str(err.value)
+
+
+def test_truncated_forward_file_is_refused_at_load(export_dir, tmp_path):
+    path = _copy(export_dir, tmp_path)
+    file = path / M.FORWARD_FILE
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"cannot read .*forward\.npz"):
+        M.ServingModel(path)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda a: a.update(bias_1=a["bias_1"] + 0.5),  # shapes fine, values wrong
+        lambda a: a.update(numeric_mean=a["numeric_mean"] + 1.0),
+        lambda a: a.update(vocabulary_0=a["vocabulary_0"][::-1].copy()),
+    ],
+)
+def test_forward_file_disagreeing_with_the_savedmodel_is_refused(export_dir, tmp_path, change):
+    path = _copy(export_dir, tmp_path)
+    _rewrite(path, change)
+    with pytest.raises(ValueError, match="numpy forward pass disagrees with the SavedModel by .*re-export"):
+        M.ServingModel(path)
+
+
+def test_model_exported_without_forward_file_is_served_by_tensorflow(export_dir, trained, tmp_path, caplog):
+    path = _copy(export_dir, tmp_path)
+    (path / M.FORWARD_FILE).unlink()
+    with caplog.at_level("WARNING", logger=M.__name__):
+        served = M.ServingModel(path)
+    assert served.engine == "tensorflow"
+    assert sum(M.FORWARD_FILE in r.getMessage() for r in caplog.records) == 1
+    rows = _hard_rows()
+    np.testing.assert_allclose(served.predict(rows), M.predict(trained, rows), atol=1e-5)
+
+
+def test_trained_model_without_preprocessing_still_exports(trained, tmp_path):
+    legacy = M.TrainedModel(trained.keras_model, trained.spec, trained.config, {}, 0, {})  # positional
+    M.export(legacy, tmp_path / "saved")
+    assert not (tmp_path / "saved" / M.FORWARD_FILE).exists()
+    assert M.ServingModel(tmp_path / "saved").engine == "tensorflow"
