@@ -11,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 
 from pipeline import jobs
-from pipeline.assets import feature_store, features, ingestion, serving, training
+from pipeline.assets import feature_store, features, ingestion, monitoring, serving, training
 from pipeline.resources import (
     FeatureStoreResource, LocalModelRegistry, LocalTableStore, NycFlights13Source, ParquetIOManager,
 )
@@ -28,7 +28,7 @@ def build_definitions(data_dir: str | None = None, source_dir: str | None = None
     lake = LocalTableStore(root=str(root / "lake"))
     offline = LocalTableStore(root=str(root / "offline"))
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([ingestion, features, feature_store, training, serving]),
+        assets=dg.load_assets_from_modules([ingestion, features, feature_store, training, serving, monitoring]),
         jobs=[jobs.feature_refresh_job, jobs.retrain_job],
         schedules=[jobs.daily_feature_refresh],
         # Steps are short and the machine small: one process per run beats one per step.
@@ -46,6 +46,9 @@ def build_definitions(data_dir: str | None = None, source_dir: str | None = None
                 online_store_url=dg.EnvVar("FLIGHT_DELAY_ONLINE_STORE") if os.environ.get("FLIGHT_DELAY_ONLINE_STORE") else None,
             ),
             "model_registry": LocalModelRegistry(bentoml_home=str(root / "bentoml")),
+            # Where the prediction service writes by default (serving.settings, same data folder).
+            "prediction_log_db": monitoring.PredictionLogResource(
+                path=str(root / "prediction_log" / "predictions.db")),
         },
     )
 

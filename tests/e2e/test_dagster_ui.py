@@ -34,7 +34,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 LOCATION = "pipeline.definitions:defs"
 
-GROUPS = {"ingestion", "validated", "features", "feature_store", "training", "serving"}
+GROUPS = {"ingestion", "validated", "features", "feature_store", "training", "serving", "monitoring"}
 # A sample of every group; the GraphQL test checks the full list against these.
 EXPECTED_ASSETS = {
     "raw_flights": "ingestion",

@@ -17,11 +17,20 @@ def test_every_job_loads():
 def test_assets_have_groups_descriptions_and_checks():
     graph = definitions.defs.resolve_asset_graph()
     groups = {graph.get(key).group_name for key in graph.get_all_asset_keys()}
-    assert groups == {"ingestion", "validated", "features", "feature_store", "training", "serving"}
+    assert groups == {"ingestion", "validated", "features", "feature_store", "training", "serving", "monitoring"}
     for key in graph.get_all_asset_keys():
         assert graph.get(key).description, f"{key.to_user_string()} has no description"
     checked = {c.asset_key.to_user_string() for c in graph.asset_check_keys}
     assert {"raw_flights", "raw_weather", "departures", "training_set", "origin_1h_departures"} <= checked
+
+
+def test_prediction_log_is_in_no_job():
+    graph = definitions.defs.resolve_asset_graph()
+    key = dg.AssetKey("prediction_log")
+    assert graph.get(key).group_name == "monitoring"
+    for job in ("feature_refresh_job", "retrain_job"):
+        selected = definitions.defs.resolve_job_def(job).asset_layer.selected_asset_keys
+        assert selected and key not in selected, job
 
 
 def test_daily_schedule_refreshes_the_previous_day():
@@ -36,3 +45,4 @@ def test_data_folder_follows_the_environment(monkeypatch, tmp_path):
     defs = definitions.build_definitions()
     assert defs.resources["lake"].root == str(tmp_path.resolve() / "lake")
     assert defs.resources["feature_store"].state_dir == str(tmp_path.resolve() / "feast")
+    assert defs.resources["prediction_log_db"].path == str(tmp_path.resolve() / "prediction_log" / "predictions.db")
