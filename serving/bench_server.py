@@ -217,6 +217,12 @@ def parse_metrics(text: str) -> dict[tuple[str, tuple], float]:
     return out
 
 
+def metric_total(scrape: dict, name: str, **match: str) -> float:
+    """Sum of the samples of ``name`` (a counter: ``name`` or ``name_total``) whose labels include ``match``."""
+    return sum(value for (metric, labels), value in scrape.items()
+               if metric in (name, f"{name}_total") and all(dict(labels).get(k) == v for k, v in match.items()))
+
+
 def histogram_delta(before: dict, after: dict, name: str, **match: str) -> dict | None:
     """Count, mean and bucket-bound p50/p99 of a histogram between two scrapes (summed over
     series whose labels include ``match``)."""

@@ -4,6 +4,10 @@ one scrape of ``/metrics`` sums the workers and the monitoring can sum replicas.
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
+from typing import Any
+
 import bentoml
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01,
@@ -49,6 +53,12 @@ UNKNOWN = bentoml.metrics.Counter(
     documentation="Requests whose entity the feature store did not know (served with defaults).",
     labelnames=["entity", "model_version", "variant"],
 )
+ONLINE_ROWS = bentoml.metrics.Counter(
+    name="flight_delay_online_rows_total",
+    documentation="Online feature rows used, by view and source: 'store' (read from the online "
+    "store) or 'cache' (read by this worker less than FLIGHT_DELAY_FEATURE_CACHE_SECONDS ago).",
+    labelnames=["view", "source"],
+)
 FEEDBACK = bentoml.metrics.Counter(
     name="flight_delay_feedback_total",
     documentation="Observed outcomes received, by whether the prediction was right at the threshold.",
@@ -65,3 +75,43 @@ FEEDBACK_BRIER = bentoml.metrics.Summary(
     documentation="Squared error of each prediction that received feedback.",
     labelnames=["model_version", "variant"],
 )
+
+
+class CounterTally:
+    """Counter increments summed in memory and applied to Prometheus by a thread every
+    ``interval`` seconds (and on ``close``).
+
+    A prediction moves ~40 counter series (a monitoring bin per feature, the unknown entities,
+    the prediction count); each Prometheus increment costs a label lookup and a write to the
+    multiprocess file, more than the prediction itself. Summing first makes it one dict update
+    per series on the request path and one increment per series and interval. Scrapes (every
+    15 s or more) see the counts at most ``interval`` late.
+    """
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._counts: Counter[tuple[Any, tuple[str, ...]]] = Counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metrics-tally", daemon=True)
+        self._thread.start()
+
+    def add(self, items: Counter[tuple[Any, tuple[str, ...]]]) -> None:
+        """Add ``{(metric, label values): amount}``."""
+        with self._lock:
+            self._counts.update(items)
+
+    def flush(self) -> None:
+        with self._lock:
+            counts, self._counts = self._counts, Counter()
+        for (metric, labels), amount in counts.items():
+            metric.labels(*labels).inc(amount)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.flush()

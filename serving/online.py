@@ -1,9 +1,21 @@
-"""Online features for a batch of flights: one Feast lookup through the model's feature service,
-then the request's own schedule features, exactly as the training set was assembled."""
+"""Online features for a batch of flights, read from Feast's online store view by view through the
+model's feature service, then the request's own schedule features, exactly as the training set
+was assembled.
+
+Feast's generic ``get_online_features`` assembles protobuf responses row by row (~0.45 ms for one
+flight's seven views, ~90 ms for 500 flights). The service reads the same rows through the same
+provider (``online_read``: SQLite by default, Redis when configured) and decodes only what it
+uses. Each worker keeps what it read for ``max_staleness`` seconds (1 s by default, 0 turns it
+off): the three airports' weather and activity, the carriers and the routes are shared by most
+requests, so a second of staleness saves most reads, and every response still reports each
+view's age.
+"""
 
 from __future__ import annotations
 
 import math
+import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,6 +29,10 @@ ENTITY_VIEWS = {
     "carrier": ("carrier_7d_delays",),
     "route": ("route_28d_delays",),
 }
+# What the readiness probe reads: a real entity key of every view (found or not, the store answered).
+PROBE_ROW = {"origin": "EWR", "carrier": "UA", "tailnum": "UNKNOWN", "route": "EWR-IAH"}
+# Entries cached per worker before the cache starts over (a few MB; the 2013 year has ~4,000 tails).
+MAX_CACHED = 200_000
 
 
 @dataclass
@@ -26,53 +42,118 @@ class Lookup:
     inputs: dict[str, list[Any]]
     ages: list[dict[str, float | None]]
     unknown: list[list[str]]
+    reads: Counter[tuple[str, str]]  # (view, "store" | "cache") -> rows
+
+
+@dataclass(frozen=True)
+class _View:
+    name: str
+    features: tuple[str, ...]
+    join_keys: tuple[str, ...]
+    key_types: tuple[Any, ...]  # feast ValueType of each join key
+    ttl: float  # seconds, 0 = no expiry
+    table: Any  # the FeatureView
 
 
 class OnlineFeatures:
-    def __init__(self, store: Any, service_name: str) -> None:
+    def __init__(self, store: Any, service_name: str, max_staleness: float = 1.0) -> None:
         self.store = store
-        self.service = store.get_feature_service(service_name)
-        self.views: dict[str, list[str]] = {
-            p.name: [f.name for f in p.features] for p in self.service.feature_view_projections
-        }
-        # The point-in-time join of training drops values older than a view's TTL; the online
-        # store returns them however old. Dropping them here too keeps serving = training.
-        self.ttl_seconds: dict[str, float] = {
-            name: store.get_feature_view(name).ttl.total_seconds() for name in self.views
-        }
+        self.max_staleness = max_staleness
+        # Feast's own feature server reads through the provider as well; it is the one object
+        # that knows which online store (SQLite, Redis) the repo config selected.
+        self._provider = store._get_provider()
+        service = store.get_feature_service(service_name)
+        key_type = {e.join_key: e.value_type for e in store.list_entities()}
+        views = []
+        for p in service.feature_view_projections:
+            if p.join_key_map:
+                raise ValueError(f"feature service {service_name!r}: view {p.name!r} remaps join keys "
+                                 f"{p.join_key_map}; the service expects the views' own keys")
+            try:
+                fv = store.get_feature_view(p.name)
+            except Exception as exc:
+                raise ValueError(f"feature service {service_name!r}: {p.name!r} is not a batch or "
+                                 f"stream feature view the service can read online: {exc}") from exc
+            keys = tuple(fv.join_keys)
+            views.append(_View(p.name, tuple(f.name for f in p.features), keys,
+                               tuple(key_type[k] for k in keys), fv.ttl.total_seconds() if fv.ttl else 0.0,
+                               fv))
+        self.views: tuple[_View, ...] = tuple(views)
+        # (view, key) -> (monotonic read time, event time (unix) or None, values or None)
+        self._cache: dict[tuple[str, tuple], tuple[float, float | None, tuple | None]] = {}
 
     def check(self) -> None:
-        """Raise unless the online store answers (readiness)."""
-        self.store.get_online_features(
-            features=self.service,
-            entity_rows=[{"origin": "EWR", "carrier": "UA", "tailnum": "UNKNOWN", "route": "EWR-IAH"}],
-        )
+        """Raise unless the online store answers every view (readiness); bypasses the cache."""
+        for view in self.views:
+            self._read(view, [tuple(PROBE_ROW[k] for k in view.join_keys)])
+
+    def _read(self, view: _View, keys: list[tuple]) -> list[tuple[float | None, tuple | None]]:
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
+
+        entity_keys = [
+            EntityKey(join_keys=list(view.join_keys),
+                      entity_values=[python_values_to_proto_values([v], t)[0] for v, t in zip(key, view.key_types)])
+            for key in keys
+        ]
+        out = []
+        for ts, values in self._provider.online_read(self.store.config, view.table, entity_keys,
+                                                     list(view.features)):
+            if values is None:
+                out.append((None, None))
+                continue
+            row = tuple(feast_value_type_to_python_type(values[f]) if f in values else None
+                        for f in view.features)
+            out.append((ts.timestamp() if ts is not None else None,
+                        None if all(v is None for v in row) else row))
+        return out
+
+    def _rows(self, view: _View, keys: list[tuple], reads: Counter
+              ) -> list[tuple[float, float | None, tuple | None]]:
+        cache, name = self._cache, view.name
+        now = time.monotonic()
+        stale_before = now - self.max_staleness
+        wanted = []
+        for key in set(keys):
+            entry = cache.get((name, key))
+            if entry is None or entry[0] <= stale_before or self.max_staleness <= 0:
+                wanted.append(key)
+        if wanted:
+            if len(cache) + len(wanted) > MAX_CACHED:
+                cache.clear()
+            for key, (ts, row) in zip(wanted, self._read(view, wanted)):
+                cache[(name, key)] = (now, ts, row)
+        reads[(name, "store")] += len(wanted)
+        reads[(name, "cache")] += len(keys) - len(wanted)
+        return [cache[(name, key)] for key in keys]
 
     def lookup(self, flights: list[Any], now: datetime, numeric: tuple[str, ...],
                categorical: tuple[str, ...]) -> Lookup:
-        rows = [{"origin": f.origin, "carrier": f.carrier, "tailnum": f.tailnum or "UNKNOWN",
-                 "route": f"{f.origin}-{f.dest}"} for f in flights]
-        found = self.store.get_online_features(features=self.service, entity_rows=rows).to_dict(
-            include_event_timestamps=True
-        )
         n = len(flights)
-        times = [(f.prediction_time or now).timestamp() for f in flights]
+        entity_rows = [{"origin": f.origin, "carrier": f.carrier, "tailnum": f.tailnum or "UNKNOWN",
+                        "route": f"{f.origin}-{f.dest}"} for f in flights]
+        default_time = now.timestamp()
+        times = [f.prediction_time.timestamp() if f.prediction_time else default_time for f in flights]
         ages: list[dict[str, float | None]] = [{} for _ in range(n)]
         missing: list[set[str]] = [set() for _ in range(n)]
-        for view, names in self.views.items():
-            stamps = found[f"{names[0]}__ts"]
-            ttl = self.ttl_seconds[view]
-            for i in range(n):
-                if all(found[c][i] is None for c in names):
-                    missing[i].add(view)
-                    ages[i][view] = None
+        found: dict[str, list[Any]] = {}
+        reads: Counter[tuple[str, str]] = Counter()
+        for view in self.views:
+            keys = [tuple(r[k] for k in view.join_keys) for r in entity_rows]
+            columns: list[list[Any]] = [[None] * n for _ in view.features]
+            for i, (_, ts, row) in enumerate(self._rows(view, keys, reads)):
+                if row is None:
+                    missing[i].add(view.name)
+                    ages[i][view.name] = None
                     continue
-                age = times[i] - float(stamps[i])
-                if ttl and age > ttl:  # expired: served as missing, like training
-                    for c in names:
-                        found[c][i] = None
-                    missing[i].add(view)
-                ages[i][view] = round(age, 3)
+                age = times[i] - ts
+                ages[i][view.name] = round(age, 3)
+                if view.ttl and age > view.ttl:  # expired: served as missing, like training
+                    missing[i].add(view.name)
+                    continue
+                for column, value in zip(columns, row):
+                    column[i] = value
+            found.update(zip(view.features, columns))
         unknown = [
             sorted(e for e, views in ENTITY_VIEWS.items() if all(v in missing[i] for v in views))
             for i in range(n)
@@ -91,7 +172,7 @@ class OnlineFeatures:
                    "dest": [f.dest for f in flights], "weekday": [s["weekday"] for s in schedule]}
         for c in categorical:
             inputs[c] = request[c] if c in request else [("" if v is None else str(v)) for v in found[c]]
-        return Lookup(inputs, ages, unknown)
+        return Lookup(inputs, ages, unknown, reads)
 
 
 def _num(value: Any) -> float:

@@ -34,6 +34,7 @@ class ServingSettings:
     max_batch: int
     refresh_seconds: float
     log_flush_seconds: float
+    feature_cache_seconds: float
 
     @property
     def bentoml_home(self) -> Path:
@@ -62,4 +63,6 @@ class ServingSettings:
             max_batch=int(_float("FLIGHT_DELAY_MAX_BATCH", 1000, 1, 100_000)),
             refresh_seconds=_float("FLIGHT_DELAY_REFRESH_SECONDS", 0.5, 0.05, 60),
             log_flush_seconds=_float("FLIGHT_DELAY_LOG_FLUSH_SECONDS", 0.1, 0.01, 10),
+            # How long a worker reuses an online-feature row it read (0: read every request).
+            feature_cache_seconds=_float("FLIGHT_DELAY_FEATURE_CACHE_SECONDS", 1.0, 0.0, 60),
         )

@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import httpx
 import pandas as pd
@@ -447,6 +447,27 @@ def metric(text: str, name: str, **labels: str) -> float:
                     and all(sample.labels.get(k) == v for k, v in labels.items())):
                 total += sample.value
     return total
+
+
+TALLY_INTERVAL = 1.0  # serving.metrics.CounterTally's default
+
+
+def settled_metrics(client: Any, condition: Callable[[str], bool], timeout: float = 5.0) -> str:
+    """``/metrics`` once ``condition`` holds on it (or the timeout passed): the service applies
+    counter increments to Prometheus once a second (``serving.metrics.CounterTally``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = client.get("/metrics").text
+        if condition(text) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.1)
+
+
+def quiet_metrics(client: Any) -> str:
+    """``/metrics`` after the service applied every counter increment of requests already answered
+    (the tally flushes once a second)."""
+    time.sleep(TALLY_INTERVAL + 0.3)
+    return client.get("/metrics").text
 
 
 def metric_samples(text: str, name: str) -> list[dict[str, str]]:

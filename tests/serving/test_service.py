@@ -21,7 +21,7 @@ import pytest
 
 from tests.serving.conftest import (
     MAX_BATCH, MODEL_NAME, Deployment, FlightRequest, ServiceProcess, clone_deployment, metric,
-    metric_samples, train_candidate,
+    metric_samples, quiet_metrics, settled_metrics, train_candidate,
 )
 
 VIEWS = {"origin_hourly_weather", "origin_1h_departures", "origin_carrier_3h_departures",
@@ -76,7 +76,7 @@ def test_predict_batch_returns_one_prediction_per_flight_in_order(
 
 
 def test_unknown_tail_and_carrier_are_served_and_counted(http, real_requests: list[FlightRequest]):
-    before = http.get("/metrics").text
+    before = quiet_metrics(http)
     known = real_requests[0].body
     unknown_tail = {**known, "tailnum": "N0TREAL"}
     unknown_carrier = {**known, "carrier": "ZZ", "tailnum": None}
@@ -92,8 +92,9 @@ def test_unknown_tail_and_carrier_are_served_and_counted(http, real_requests: li
     assert got_carrier["feature_age_seconds"]["carrier_7d_delays"] is None
     assert 0.0 < got_carrier["probability"] < 1.0
 
-    after = http.get("/metrics").text
     name = "flight_delay_unknown_entities_total"
+    after = settled_metrics(http, lambda t: metric(t, name, entity="tailnum") - metric(before, name, entity="tailnum") >= 2
+                            and metric(t, name, entity="carrier") - metric(before, name, entity="carrier") >= 1)
     assert metric(after, name, entity="tailnum") - metric(before, name, entity="tailnum") == 2
     assert metric(after, name, entity="carrier") - metric(before, name, entity="carrier") == 1
     assert {"entity", "model_version", "variant"} <= set(metric_samples(after, name)[0])
@@ -127,8 +128,8 @@ def test_feedback_by_request_id_and_by_flight_key(http, served: ServiceProcess,
     assert result["late"] is False
     assert result["log_loss"] == pytest.approx(log_loss) and result["brier"] == pytest.approx(brier)
 
-    metrics = http.get("/metrics").text
     labels = {"model_version": served.deployment.champion, "variant": "champion"}
+    metrics = settled_metrics(http, lambda t: metric(t, "flight_delay_feedback_total", **labels) >= 2)
     assert metric(metrics, "flight_delay_feedback_total", **labels) >= 2
     assert metric(metrics, "flight_delay_feedback_log_loss_sum", **labels) > 0
     assert metric(metrics, "flight_delay_feedback_brier_sum", **labels) > 0
@@ -138,7 +139,7 @@ def test_feedback_for_an_unknown_prediction_is_404(http):
     response = http.post("/feedback", json={"feedback": {"request_id": "0123456789abcdef0123456789abcdef",
                                                          "departure_delay_minutes": 20}})
     assert response.status_code == 404
-    assert "no logged prediction for request_id 0123456789abcdef0123456789abcdef" in response.text
+    assert response.json() == {"error": "no logged prediction for request_id 0123456789abcdef0123456789abcdef"}
     response = http.post("/feedback", json={"feedback": {"flight_key": "2013-01-06:ZZ9999:EWR",
                                                          "departure_delay_minutes": 20}})
     assert response.status_code == 404
@@ -148,10 +149,13 @@ def test_feedback_for_an_unknown_prediction_is_404(http):
 def test_health_and_metrics(http, served: ServiceProcess, real_requests: list[FlightRequest]):
     assert http.get("/livez").status_code == 200
     assert http.get("/readyz").status_code == 200
+    champion = served.deployment.champion
+    before = quiet_metrics(http)
     predict(http, real_requests[3].body)
     http.post("/predict_batch", json={"flights": [r.body for r in real_requests[:2]]})
-    text = http.get("/metrics").text
-    champion = served.deployment.champion
+    served_rows = lambda t: metric(t, "flight_delay_predictions_total", model_version=champion)  # noqa: E731
+    text = settled_metrics(http, lambda t: served_rows(t) - served_rows(before) >= 3)
+    assert served_rows(text) - served_rows(before) == 3
     assert metric(text, "flight_delay_requests_total", endpoint="predict", outcome="ok") >= 1
     assert metric(text, "flight_delay_requests_total", endpoint="predict_batch", outcome="ok") >= 1
     assert metric(text, "flight_delay_request_latency_seconds_count", endpoint="predict") >= 1
@@ -163,6 +167,10 @@ def test_health_and_metrics(http, served: ServiceProcess, real_requests: list[Fl
     assert bins and all(s["model_version"] == champion for s in bins)
     assert {s["feature"] for s in bins} >= {"dep_hour", "distance", "temp"}
     assert metric(text, "flight_delay_requests_total", outcome="server_error") == 0
+    # Every served row read each of the 7 views, from the online store or this worker's cache.
+    rows = lambda t: metric(t, "flight_delay_online_rows_total")  # noqa: E731
+    assert rows(text) - rows(before) == 3 * 7
+    assert {s["view"] for s in metric_samples(text, "flight_delay_online_rows_total")} == VIEWS
 
 
 # -- bad input: a 4xx naming the field, never a 500 ---------------------------------------------
@@ -241,8 +249,9 @@ def test_a_batch_over_the_limit_is_413(any_client, real_requests: list[FlightReq
     flights = [r.body for r in real_requests[:MAX_BATCH + 1]]
     response = any_client.post("/predict_batch", json={"flights": flights})
     assert response.status_code == 413, response.text
-    assert f"batch of {MAX_BATCH + 1} flights exceeds the limit of {MAX_BATCH}" in response.text
-    assert "FLIGHT_DELAY_MAX_BATCH" in response.text
+    message = response.json()["error"]  # an object, as BentoML's own errors, not a list
+    assert f"batch of {MAX_BATCH + 1} flights exceeds the limit of {MAX_BATCH}" in message
+    assert "FLIGHT_DELAY_MAX_BATCH" in message
     response = any_client.post("/predict_batch", json={"flights": flights[:MAX_BATCH]})
     assert response.status_code == 200, response.text
     assert len(response.json()["predictions"]) == MAX_BATCH
