@@ -12,7 +12,7 @@ What it does, in one run (about 10 minutes by default; ``--quick`` for a smoke r
 2. ``/predict`` at 300 requests/s, open loop: latency percentiles.
 3. The highest single-row rate the service sustains with p99 <= 50 ms and no errors: open-loop
    steps of rising rate (x1.25 until a step fails, then two bisection steps).
-4. ``/predict_batch`` with batches of 500 flights, closed loop (two connections): predictions
+4. ``/predict_batch`` with batches of 500 flights, closed loop (four connections): predictions
    per second at saturation.
 5. Closed-loop saturation of ``/predict`` (16 connections): requests/s with no latency bound.
 6. A sustained phase at 1,000 requests/s (5 minutes; ``--sustain-seconds``, ``--sustain-rate``):
@@ -314,8 +314,8 @@ def print_stage_table(title: str, before: dict, after: dict) -> dict:
     rows = {
         "request (in API method)": histogram_delta(before, after, "flight_delay_request_latency_seconds",
                                                    endpoint="predict"),
-        "  feature_lookup (Feast)": histogram_delta(before, after, stage, stage="feature_lookup", endpoint="predict"),
-        "  inference (TF graph)": histogram_delta(before, after, stage, stage="inference", endpoint="predict"),
+        "  feature_lookup (online store)": histogram_delta(before, after, stage, stage="feature_lookup", endpoint="predict"),
+        "  inference (model)": histogram_delta(before, after, stage, stage="inference", endpoint="predict"),
         "bentoml request (whole ASGI app)": histogram_delta(before, after, "bentoml_service_request_duration_seconds",
                                                             endpoint="/predict"),
     }
@@ -441,7 +441,9 @@ def main(argv: list[str] | None = None) -> int:
             m2 = server.metrics()
             batch_phase = run.add(measure(server, lambda: lg.closed_loop(
                 HOST, server.port, batch, plan.batch_seconds, name=f"predict_batch x{args.batch_size} (closed)",
-                connections=2)))
+                # Two per worker: the kernel hands each connection to whichever worker accepts it
+                # first, so with one per worker both can land on the same one.
+                connections=4)))
             m3 = server.metrics()
             saturation = run.add(measure(server, lambda: lg.closed_loop(
                 HOST, server.port, single, plan.saturation_seconds, name="predict saturation (closed)",
