@@ -123,8 +123,10 @@ class OnlineFeatures:
                 cache.clear()
             for key, (ts, row) in zip(wanted, self._read(view, wanted)):
                 cache[(name, key)] = (now, ts, row)
-        reads[(name, "store")] += len(wanted)
-        reads[(name, "cache")] += len(keys) - len(wanted)
+        if wanted:
+            reads[(name, "store")] += len(wanted)
+        if len(keys) > len(wanted):
+            reads[(name, "cache")] += len(keys) - len(wanted)
         return [cache[(name, key)] for key in keys]
 
     def lookup(self, flights: list[Any], now: datetime, numeric: tuple[str, ...],

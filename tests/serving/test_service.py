@@ -9,6 +9,7 @@ server over their own copy of the deployment.
 from __future__ import annotations
 
 import math
+import shutil
 import signal
 import sqlite3
 import threading
@@ -428,3 +429,42 @@ def test_prediction_log_survives_graceful_shutdown(lifecycle: Lifecycle, real_re
     lost = acknowledged - logged
     assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged predictions are not in the log"
     assert "Completed cleanup hook: _drain" in server.log_tail(20000)
+
+
+def test_without_a_champion_the_service_is_alive_not_ready_and_says_why(
+        serve, serving_deployment: Deployment, tmp_path, real_requests: list[FlightRequest]):
+    """A service started before any model is promoted answers 503 with the reason (not BentoML's
+    generic message), and serves as soon as a champion is promoted: no restart."""
+    empty = clone_deployment(serving_deployment, tmp_path / "data")
+    shutil.rmtree(empty.data_dir / "bentoml" / "champions")
+    assert empty.registry().champion(MODEL_NAME) is None
+    server = ServiceProcess("no-champion", empty, tmp_path).start()
+    try:
+        with server.client() as client:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if client.get("/livez").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, server.log_tail()
+                time.sleep(0.25)
+            assert client.get("/readyz").status_code == 503
+            response = client.post("/predict", json={"flight": real_requests[0].body})
+            assert response.status_code == 503
+            assert response.json() == {
+                "error": "no champion model is promoted yet; run the pipeline (make demo)"}
+
+            empty.registry().promote(MODEL_NAME, serving_deployment.champion, reason="first model")
+            # The first model also imports TensorFlow in the worker (switches between loaded
+            # models take well under the 5 s of test_champion_switch_without_restart).
+            deadline = time.monotonic() + 60
+            while (response := client.post("/predict", json={"flight": real_requests[0].body})).status_code != 200:
+                assert time.monotonic() < deadline, ("not serving 60 s after the promotion", response.text,
+                                                     server.log_tail())
+                time.sleep(0.1)
+            assert response.json()["model_version"] == serving_deployment.champion
+            assert client.get("/readyz").status_code == 200
+    finally:
+        server.stop()

@@ -1,0 +1,133 @@
+"""The service's online-feature reader against Feast itself, on both online stores.
+
+The service reads each view's rows through Feast's provider (``online_read``) instead of the
+generic ``get_online_features``, and keeps rows for ``max_staleness`` seconds: these tests pin
+that it returns exactly what Feast returns, expires values past a view's TTL like the training
+join, flags unknown entities, and serves a cached row no longer than it was told to.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+import features as repo
+from features.store import build_store
+from flight_delay.model import FLIGHT_DELAY_FEATURES as SPEC
+from serving.io import Flight
+from serving.online import OnlineFeatures
+from tests.serving.conftest import PROJECT_ROOT, Deployment, FlightRequest, clone_deployment
+
+REQUEST_FEATURES = {"dep_hour", "month", "days_to_holiday", "distance", "hours_since_last_dep",
+                    "carrier", "origin", "dest", "weekday"}
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def deployment(request: pytest.FixtureRequest) -> Deployment:
+    return request.getfixturevalue("serving_deployment" if request.param == "sqlite" else "redis_deployment")
+
+
+def store_of(deployment: Deployment) -> Any:
+    return build_store(PROJECT_ROOT, deployment.data_dir / "feast", deployment.online_store)
+
+
+def entity_row(f: Flight) -> dict[str, str]:
+    return {"origin": f.origin, "carrier": f.carrier, "tailnum": f.tailnum or "UNKNOWN",
+            "route": f"{f.origin}-{f.dest}"}
+
+
+def same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+def test_reader_returns_what_feast_returns(deployment: Deployment, real_requests: list[FlightRequest]):
+    store = store_of(deployment)
+    flights = [Flight(**r.body) for r in real_requests[:150]]
+    flights.append(Flight(**{**real_requests[0].body, "tailnum": "N0TREAL"}))
+    flights.append(Flight(**{**real_requests[0].body, "carrier": "ZZ", "tailnum": None}))
+    online = OnlineFeatures(store, repo.FLIGHT_DELAY_SERVICE, max_staleness=0)
+    got = online.lookup(flights, datetime.now(timezone.utc), SPEC.numeric, SPEC.categorical)
+
+    service = store.get_feature_service(repo.FLIGHT_DELAY_SERVICE)
+    want = store.get_online_features(features=service, entity_rows=[entity_row(f) for f in flights]).to_dict(
+        include_event_timestamps=True)
+    compared = 0
+    for column in SPEC.columns:
+        if column in REQUEST_FEATURES:
+            continue
+        for i, value in enumerate(got.inputs[column]):
+            expected = want[column][i]
+            if expected is None:
+                expected = "" if column in SPEC.categorical else math.nan
+            elif column in SPEC.numeric:
+                expected = float(expected)
+            assert same(value, expected), (column, i, value, expected)
+            compared += 1
+    assert compared == len(flights) * (len(SPEC.columns) - len(REQUEST_FEATURES))
+    # Ages: prediction time minus the row's event time, per view.
+    first = flights[0]
+    for view, projection in ((p.name, p) for p in service.feature_view_projections):
+        stamp = want[f"{projection.features[0].name}__ts"][0]
+        assert got.ages[0][view] == pytest.approx(first.prediction_time.timestamp() - float(stamp), abs=1e-3)
+    assert got.unknown[-2] == ["tailnum"]
+    assert got.unknown[-1] == ["carrier", "tailnum"]
+    assert not any(got.unknown[:-2]), "real flights of the served day are all known"
+    # max_staleness=0: every distinct entity is read from the store (repeats within a call are not).
+    assert got.reads[("origin_hourly_weather", "store")] == len({f.origin for f in flights})
+    assert got.reads[("aircraft_profile", "store")] == len({f.tailnum or "UNKNOWN" for f in flights})
+    assert sum(got.reads.values()) == len(flights) * len(online.views)
+
+
+def test_values_past_a_views_ttl_are_served_as_missing(deployment: Deployment,
+                                                       real_requests: list[FlightRequest]):
+    store = store_of(deployment)
+    online = OnlineFeatures(store, repo.FLIGHT_DELAY_SERVICE, max_staleness=0)
+    body = real_requests[5].body
+    later = pd.Timestamp(body["scheduled_departure"]) + pd.Timedelta(days=30)
+    flight = Flight(**{**body, "scheduled_departure": later.isoformat(),
+                       "prediction_time": (later - pd.Timedelta(hours=1)).isoformat()})
+    got = online.lookup([flight], datetime.now(timezone.utc), SPEC.numeric, SPEC.categorical)
+    # Weather lives 3 hours, the activity views a day, the aircraft's last departure a week.
+    for column in ("temp", "origin_1h_departures", "origin_carrier_3h_departures", "last_dep_delay",
+                   "carrier_7d_late_rate", "route_28d_late_rate"):
+        assert math.isnan(got.inputs[column][0]), column
+    assert got.ages[0]["origin_hourly_weather"] > 3 * 3600  # reported however old
+    assert not math.isnan(got.inputs["plane_year"][0]), "aircraft_profile has no TTL"
+    assert got.unknown[0] == ["carrier", "origin", "route"]
+
+
+def test_cached_rows_are_served_no_longer_than_max_staleness(serving_deployment: Deployment, tmp_path: Path,
+                                                             real_requests: list[FlightRequest]):
+    deployment = clone_deployment(serving_deployment, tmp_path / "data")  # this test writes to the store
+    store = store_of(deployment)
+    flight = Flight(**real_requests[0].body)
+    now = datetime.now(timezone.utc)
+    cached = OnlineFeatures(store, repo.FLIGHT_DELAY_SERVICE, max_staleness=3600)
+    fresh = OnlineFeatures(store, repo.FLIGHT_DELAY_SERVICE, max_staleness=0)
+    before = cached.lookup([flight], now, SPEC.numeric, SPEC.categorical)
+    assert {source for (_, source) in before.reads} == {"store"}
+
+    stamp = flight.prediction_time - timedelta(minutes=5)
+    store.write_to_online_store("origin_hourly_weather", pd.DataFrame({
+        "origin": [flight.origin], "temp": [123.0], "dewp": [1.0], "humid": [1.0], "wind_dir": [1.0],
+        "wind_speed": [1.0], "wind_gust": [None], "precip": [0.0], "pressure": [1000.0], "visib": [10.0],
+        "event_timestamp": [pd.Timestamp(stamp)]}))
+
+    again = cached.lookup([flight], now, SPEC.numeric, SPEC.categorical)
+    assert again.inputs["temp"] == before.inputs["temp"] != [123.0]
+    assert {source for (_, source) in again.reads} == {"cache"}
+    read = fresh.lookup([flight], now, SPEC.numeric, SPEC.categorical)
+    assert read.inputs["temp"] == [123.0]
+    assert read.ages[0]["origin_hourly_weather"] == pytest.approx(300.0)
+
+    cached.max_staleness = 0.05  # once the row is older than the bound, it is read again
+    time.sleep(0.1)
+    assert cached.lookup([flight], now, SPEC.numeric, SPEC.categorical).inputs["temp"] == [123.0]
