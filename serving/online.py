@@ -91,11 +91,11 @@ class OnlineFeatures:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
 
-        entity_keys = [
-            EntityKey(join_keys=list(view.join_keys),
-                      entity_values=[python_values_to_proto_values([v], t)[0] for v, t in zip(key, view.key_types)])
-            for key in keys
-        ]
+        # One conversion per join key for all the keys (per value, Feast's converter dominated).
+        columns = [python_values_to_proto_values([key[j] for key in keys], t)
+                   for j, t in enumerate(view.key_types)]
+        join_keys = list(view.join_keys)
+        entity_keys = [EntityKey(join_keys=join_keys, entity_values=values) for values in zip(*columns)]
         out = []
         for ts, values in self._provider.online_read(self.store.config, view.table, entity_keys,
                                                      list(view.features)):
