@@ -59,6 +59,11 @@ ONLINE_ROWS = bentoml.metrics.Counter(
     "store) or 'cache' (read by this worker less than FLIGHT_DELAY_FEATURE_CACHE_SECONDS ago).",
     labelnames=["view", "source"],
 )
+MODEL_LOAD_FAILURES = bentoml.metrics.Counter(
+    name="flight_delay_model_load_failures_total",
+    documentation="Registry changes whose models failed to load (a broken artifact); the models "
+    "loaded before keep serving, the service log says why.",
+)
 FEEDBACK = bentoml.metrics.Counter(
     name="flight_delay_feedback_total",
     documentation="Observed outcomes received, by whether the prediction was right at the threshold.",

@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass
 
 from flight_delay.model import ServingModel
+from serving.metrics import MODEL_LOAD_FAILURES
 from flight_delay.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,16 @@ class ModelRouter:
         stamp = self._stamp()
         if stamp == self._last_stamp:  # listing models costs ms under the GIL; skip when unchanged
             return False
-        changed = self._apply(*self._wanted())
-        self._last_stamp = stamp  # only once applied: a failed load is retried next time
+        try:
+            changed = self._apply(*self._wanted())
+        except Exception as exc:
+            # A model that fails to load (broken artifact) is not retried every tick, loading
+            # TensorFlow each time, but when the registry changes again (a fix, a rollback).
+            self._last_stamp = stamp
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            raise
+        self._last_stamp = stamp
+        self.last_error = None
         return changed
 
     def _apply(self, champion: str | None, challenger: str | None) -> bool:
@@ -111,9 +120,8 @@ class ModelRouter:
         while not self._stop.wait(self.refresh_seconds):
             try:
                 self.refresh()
-                self.last_error = None
-            except Exception as exc:  # keep serving the current models; report on /readyz
-                self.last_error = f"{type(exc).__name__}: {exc}"
+            except Exception:  # keep serving the current models; last_error says why
+                MODEL_LOAD_FAILURES.inc()
                 log.exception("model refresh failed; still serving %s", self.routing.champion)
 
     def close(self) -> None:
