@@ -7,8 +7,9 @@ difference is how a model is called: the champion's SavedModel is loaded as a Ke
 (``keras.layers.TFSMLayer`` on the ``serve`` endpoint, one named input per feature) wrapped in a
 small functional ``keras.Model``, and every request goes through ``model.predict(...)``, the way a
 Keras model is commonly served. ``predict`` builds a ``tf.data`` pipeline and an epoch iterator on
-each call, which is what the production path (:class:`flight_delay.model.ServingModel`: one call
-of the packed graph endpoint) avoids. Not meant for production; only the benchmark starts it.
+each call, which is what the production path (:class:`flight_delay.model.ServingModel`: a numpy
+forward pass over the exported weights, checked against the SavedModel when loaded) avoids. Not
+meant for production; only the benchmark starts it.
 """
 
 from __future__ import annotations
