@@ -290,3 +290,12 @@ def test_trained_model_without_preprocessing_still_exports(trained, tmp_path):
     M.export(legacy, tmp_path / "saved")
     assert not (tmp_path / "saved" / M.FORWARD_FILE).exists()
     assert M.ServingModel(tmp_path / "saved").engine == "tensorflow"
+
+
+def test_bin_counts_small_and_large_inputs_agree():
+    edges = [1.0, 2.5, 4.0]
+    values = [0.5, 1.0, 2.4, 2.5, 3.9, 4.0, 7.0, float("nan"), -3.0]
+    expected = {"0": 2, "1": 2, "2": 2, "3": 2, "missing": 1}  # a value on an edge goes right
+    assert M.bin_counts(edges, values) == expected  # the bisect path (a request's few values)
+    assert M.bin_counts(edges, values * 10) == {k: v * 10 for k, v in expected.items()}  # numpy path
+    assert M.bin_counts(edges, []) == {}
