@@ -82,6 +82,9 @@ FEEDBACK_BRIER = bentoml.metrics.Summary(
 )
 
 
+TALLY_SECONDS = 1.0  # how often summed counter increments reach Prometheus
+
+
 class CounterTally:
     """Counter increments summed in memory and applied to Prometheus by a thread every
     ``interval`` seconds (and on ``close``).
@@ -93,7 +96,7 @@ class CounterTally:
     15 s or more) see the counts at most ``interval`` late.
     """
 
-    def __init__(self, interval: float = 1.0) -> None:
+    def __init__(self, interval: float = TALLY_SECONDS) -> None:
         self.interval = interval
         self._counts: Counter[tuple[Any, tuple[str, ...]]] = Counter()
         self._lock = threading.Lock()

@@ -116,14 +116,13 @@ class OnlineFeatures:
         wanted = []
         for key in set(keys):
             entry = cache.get((name, key))
-            if entry is None or entry[0] <= stale_before or self.max_staleness <= 0:
+            if entry is None or entry[0] <= stale_before:  # max_staleness 0: every entry is stale
                 wanted.append(key)
         if wanted:
             if len(cache) + len(wanted) > MAX_CACHED:
                 cache.clear()
             for key, (ts, row) in zip(wanted, self._read(view, wanted)):
                 cache[(name, key)] = (now, ts, row)
-        if wanted:
             reads[(name, "store")] += len(wanted)
         if len(keys) > len(wanted):
             reads[(name, "cache")] += len(keys) - len(wanted)

@@ -13,8 +13,8 @@ import threading
 from dataclasses import dataclass
 
 from flight_delay.model import ServingModel
-from serving.metrics import MODEL_LOAD_FAILURES
 from flight_delay.registry import ModelRegistry
+from serving.metrics import MODEL_LOAD_FAILURES
 
 log = logging.getLogger(__name__)
 

@@ -449,9 +449,6 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
-TALLY_INTERVAL = 1.0  # serving.metrics.CounterTally's default
-
-
 def settled_metrics(client: Any, condition: Callable[[str], bool], timeout: float = 5.0) -> str:
     """``/metrics`` once ``condition`` holds on it (or the timeout passed): the service applies
     counter increments to Prometheus once a second (``serving.metrics.CounterTally``)."""
@@ -466,7 +463,9 @@ def settled_metrics(client: Any, condition: Callable[[str], bool], timeout: floa
 def quiet_metrics(client: Any) -> str:
     """``/metrics`` after the service applied every counter increment of requests already answered
     (the tally flushes once a second)."""
-    time.sleep(TALLY_INTERVAL + 0.3)
+    from serving.metrics import TALLY_SECONDS
+
+    time.sleep(TALLY_SECONDS + 0.3)
     return client.get("/metrics").text
 
 
