@@ -145,6 +145,17 @@ class _Conn:
         self.reader = self.writer = None
 
 
+async def _exchange(conn: _Conn, data: bytes, result: Result, since: float) -> None:
+    """Send one request and record its answer (latency counted from ``since``, loop time) or
+    its failure (the connection is closed and reopened by the next request)."""
+    try:
+        status, body = await conn.request(data)
+        _record(result, status, body, None, asyncio.get_running_loop().time() - since)
+    except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+        conn.close()
+        _record(result, None, None, exc, 0.0)
+
+
 def _record(result: Result, status: int | None, body: bytes | None, exc: BaseException | None,
             latency: float) -> None:
     if exc is not None:
@@ -301,12 +312,7 @@ async def open_loop(host: str, port: int, requests: list[bytes], rate: float, du
                 if item is None:
                     return
             scheduled, data = item
-            try:
-                status, body = await conn.request(data)
-                _record(result, status, body, None, loop.time() - scheduled)
-            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-                conn.close()
-                _record(result, None, None, exc, 0.0)
+            await _exchange(conn, data, result, since=scheduled)
             state["pending"] -= 1
             if state["stop"] and state["pending"] <= 0 and not finished.done():
                 finished.set_result(None)
@@ -359,20 +365,11 @@ async def closed_loop(host: str, port: int, requests: list[bytes], duration: flo
         if k:
             await opened[k - 1].wait()
         conn = _Conn(host, port)
-        first = True
         while loop.time() < end:
             data = requests[counter % len(requests)]
             counter += 1
-            started = loop.time()
-            try:
-                status, body = await conn.request(data)
-                _record(result, status, body, None, loop.time() - started)
-            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-                conn.close()
-                _record(result, None, None, exc, 0.0)
-            if first:
-                first = False
-                opened[k].set()
+            await _exchange(conn, data, result, since=loop.time())
+            opened[k].set()  # the next connection may open
         opened[k].set()
         conn.close()
 
