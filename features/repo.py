@@ -2,9 +2,8 @@
 own ``data/offline`` folder. The pipeline does not import this: it applies
 ``features.definitions(root)`` for the root its resources are configured with."""
 
-from pathlib import Path
-
 from features import definitions
+from flight_delay.paths import DataLayout
 
-_OBJECTS = definitions(str(Path(__file__).resolve().parents[1] / "data" / "offline"))
+_OBJECTS = definitions(str(DataLayout.resolve().offline))
 globals().update({f"_{i}": obj for i, obj in enumerate(_OBJECTS)})

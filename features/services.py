@@ -5,6 +5,7 @@ two cannot ask for different features. A new feature set is a new version, never
 from feast import FeatureService, FeatureView
 
 from features import FLIGHT_DELAY_SERVICE
+from flight_delay.model import MODEL_NAME
 
 
 def build_services(views: dict[str, FeatureView]) -> list[FeatureService]:
@@ -13,6 +14,6 @@ def build_services(views: dict[str, FeatureView]) -> list[FeatureService]:
             name=FLIGHT_DELAY_SERVICE,
             features=list(views.values()),
             description="Departure delay model features, first version.",
-            tags={"model": "flight_delay"},
+            tags={"model": MODEL_NAME},
         )
     ]

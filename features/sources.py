@@ -12,6 +12,7 @@ from feast.data_format import ParquetFormat
 
 from features import BATCH_TABLES, STREAM_TABLES, offline_path, push_source_name
 
+
 def _file(offline_root: str, table: str) -> FileSource:
     return FileSource(
         name=f"{table}_source",

@@ -24,8 +24,7 @@ def online_store_config(url: str) -> dict[str, Any]:
     return {"type": "redis", "connection_string": connection}
 
 
-def repo_config(repo_path: str | Path, state_dir: str | Path | None = None,
-                online_store_url: str | None = None) -> Any:
+def repo_config(repo_path: str | Path, state_dir: str | Path | None = None, online_store_url: str | None = None) -> Any:
     """``feature_store.yaml`` of ``repo_path``; ``state_dir`` moves the file registry and a
     SQLite online store there; ``online_store_url`` (``redis://...``) replaces the online store."""
     from feast.repo_config import RepoConfig
@@ -36,8 +35,11 @@ def repo_config(repo_path: str | Path, state_dir: str | Path | None = None,
         state = Path(state_dir).resolve()
         state.mkdir(parents=True, exist_ok=True)
         registry = raw.get("registry")
-        raw["registry"] = ({**registry, "path": str(state / "registry.db")}
-                           if isinstance(registry, dict) else str(state / "registry.db"))
+        raw["registry"] = (
+            {**registry, "path": str(state / "registry.db")}
+            if isinstance(registry, dict)
+            else str(state / "registry.db")
+        )
         online = dict(raw.get("online_store") or {"type": "sqlite"})
         if online.get("type", "sqlite") == "sqlite":
             online["path"] = str(state / "online.db")
@@ -47,8 +49,7 @@ def repo_config(repo_path: str | Path, state_dir: str | Path | None = None,
     return RepoConfig(repo_path=repo, **raw)
 
 
-def build_store(repo_path: str | Path, state_dir: str | Path | None = None,
-                online_store_url: str | None = None) -> Any:
+def build_store(repo_path: str | Path, state_dir: str | Path | None = None, online_store_url: str | None = None) -> Any:
     from feast import FeatureStore
 
     return FeatureStore(config=repo_config(repo_path, state_dir, online_store_url))

@@ -8,6 +8,17 @@ from feast import FeatureView, Field
 from feast.types import Float64, String
 
 from features import entities as e
+from flight_delay.feature_tables import (
+    AIRCRAFT_LAST_DEPARTURE_COLUMNS,
+    AIRCRAFT_PROFILE_NUMERIC,
+    AIRCRAFT_PROFILE_TEXT,
+    CARRIER_7D,
+    ORIGIN_1H,
+    ORIGIN_CARRIER_3H,
+    ROUTE_28D,
+    WEATHER_COLUMNS,
+    activity_columns,
+)
 
 
 def _floats(*names: str) -> list[Field]:
@@ -16,70 +27,62 @@ def _floats(*names: str) -> list[Field]:
 
 def build_views(sources: dict) -> dict[str, FeatureView]:
     """Every feature view, by name, over the sources of :func:`features.sources.build_sources`."""
+
+    def view(name: str, entities: list, ttl: timedelta, schema: list[Field], description: str) -> FeatureView:
+        return FeatureView(
+            name=name, entities=entities, ttl=ttl, schema=schema, source=sources[name], description=description
+        )
+
     views = [
-        FeatureView(
-            name="origin_hourly_weather",
-            entities=[e.origin],
-            ttl=timedelta(hours=3),
-            schema=_floats("temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip",
-                           "pressure", "visib"),
-            source=sources["origin_hourly_weather"],
-            description="Last hourly weather observation at the origin airport.",
+        view(
+            "origin_hourly_weather",
+            [e.origin],
+            timedelta(hours=3),
+            _floats(*WEATHER_COLUMNS),
+            "Last hourly weather observation at the origin airport.",
         ),
-        FeatureView(
-            name="origin_1h_departures",
-            entities=[e.origin],
-            ttl=timedelta(days=1),
-            schema=_floats("origin_1h_departures", "origin_1h_mean_delay", "origin_1h_late_rate",
-                           "origin_1h_pending", "origin_1h_scheduled_next"),
-            source=sources["origin_1h_departures"],
-            description="Departures, mean delay and late rate at the origin over the last hour; flights "
-            "due in the last two hours still waiting; departures scheduled in the next hour.",
+        view(
+            "origin_1h_departures",
+            [e.origin],
+            timedelta(days=1),
+            _floats(*activity_columns(ORIGIN_1H)),
+            "Departures, mean delay and late rate at the origin over the last hour; flights due in the last "
+            "two hours still waiting; departures scheduled in the next hour.",
         ),
-        FeatureView(
-            name="origin_carrier_3h_departures",
-            entities=[e.origin, e.carrier],
-            ttl=timedelta(days=1),
-            schema=_floats("origin_carrier_3h_departures", "origin_carrier_3h_mean_delay",
-                           "origin_carrier_3h_late_rate"),
-            source=sources["origin_carrier_3h_departures"],
-            description="The carrier's departures, mean delay and late rate at the origin, last 3 hours.",
+        view(
+            "origin_carrier_3h_departures",
+            [e.origin, e.carrier],
+            timedelta(days=1),
+            _floats(*activity_columns(ORIGIN_CARRIER_3H)),
+            "The carrier's departures, mean delay and late rate at the origin, last 3 hours.",
         ),
-        FeatureView(
-            name="aircraft_last_departure",
-            entities=[e.aircraft],
-            ttl=timedelta(days=7),
-            schema=_floats("last_dep_delay", "last_dep_unix"),
-            source=sources["aircraft_last_departure"],
-            description="Delay and time of the aircraft's most recent departure.",
+        view(
+            "aircraft_last_departure",
+            [e.aircraft],
+            timedelta(days=7),
+            _floats(*AIRCRAFT_LAST_DEPARTURE_COLUMNS),
+            "Delay and time of the aircraft's most recent departure.",
         ),
-        FeatureView(
-            name="aircraft_profile",
-            entities=[e.aircraft],
-            ttl=timedelta(0),
-            schema=[
-                *_floats("plane_year", "plane_seats", "plane_engines"),
-                Field(name="plane_manufacturer", dtype=String),
-                Field(name="plane_engine", dtype=String),
-            ],
-            source=sources["aircraft_profile"],
-            description="Registered attributes of the aircraft (FAA registry).",
+        view(
+            "aircraft_profile",
+            [e.aircraft],
+            timedelta(0),
+            [*_floats(*AIRCRAFT_PROFILE_NUMERIC), *(Field(name=n, dtype=String) for n in AIRCRAFT_PROFILE_TEXT)],
+            "Registered attributes of the aircraft (FAA registry).",
         ),
-        FeatureView(
-            name="carrier_7d_delays",
-            entities=[e.carrier],
-            ttl=timedelta(days=2),
-            schema=_floats("carrier_7d_departures", "carrier_7d_late_rate", "carrier_7d_mean_delay"),
-            source=sources["carrier_7d_delays"],
-            description="The carrier's departures, late rate and mean delay over the 7 previous days.",
+        view(
+            "carrier_7d_delays",
+            [e.carrier],
+            timedelta(days=2),
+            _floats(*CARRIER_7D.columns),
+            "The carrier's departures, late rate and mean delay over the 7 previous days.",
         ),
-        FeatureView(
-            name="route_28d_delays",
-            entities=[e.route],
-            ttl=timedelta(days=2),
-            schema=_floats("route_28d_departures", "route_28d_late_rate", "route_28d_mean_delay"),
-            source=sources["route_28d_delays"],
-            description="The route's departures, late rate and mean delay over the 28 previous days.",
+        view(
+            "route_28d_delays",
+            [e.route],
+            timedelta(days=2),
+            _floats(*ROUTE_28D.columns),
+            "The route's departures, late rate and mean delay over the 28 previous days.",
         ),
     ]
-    return {view.name: view for view in views}
+    return {v.name: v for v in views}

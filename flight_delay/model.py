@@ -10,14 +10,27 @@ from __future__ import annotations
 
 import json
 import logging
-from bisect import bisect_right
 from dataclasses import asdict, dataclass, field
-from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+from flight_delay.drift import feature_bins
+from flight_delay.feature_tables import (
+    AIRCRAFT_PROFILE_NUMERIC,
+    AIRCRAFT_PROFILE_TEXT,
+    CARRIER_7D,
+    HOURS_SINCE_LAST_DEP,
+    LAST_DEP_DELAY,
+    ORIGIN_1H,
+    ORIGIN_CARRIER_3H,
+    ROUTE_28D,
+    WEATHER_COLUMNS,
+    activity_columns,
+)
+from flight_delay.flights import SCHEDULE_CATEGORICAL, SCHEDULE_NUMERIC
 
 if TYPE_CHECKING:  # pragma: no cover
     import tensorflow as tf
@@ -27,7 +40,7 @@ SERVING_ENDPOINT = "serve"
 # per call cost more than the network itself on the service's hot path.
 PACKED_ENDPOINT = "serve_packed"
 # The network's weights and preprocessing as plain arrays, next to the SavedModel (which stays
-# the canonical artifact): a numpy forward pass costs a few µs a row where a TF call costs ~0.3 ms.
+# the canonical artifact), for the numpy forward pass of flight_delay.forward.
 FORWARD_FILE = "forward.npz"
 FORWARD_FORMAT_VERSION = 1
 # Largest |numpy - SavedModel| tolerated on the probe batch when a model is loaded.
@@ -85,35 +98,6 @@ class TrainedModel:
     preprocessing: dict[str, Any] = field(default_factory=dict)
 
 
-def feature_bins(frame: pd.DataFrame, spec: FeatureSpec, bins: int = 10) -> dict[str, list[float]]:
-    """Inner decile edges of each numeric feature in ``frame``: fixed monitoring bins, so live
-    value histograms can be compared with training (drift) across replicas and restarts."""
-    edges: dict[str, list[float]] = {}
-    for c in spec.numeric:
-        values = frame[c].astype("float64").dropna()
-        qs = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])) if len(values) else []
-        edges[c] = [float(q) for q in qs]
-    return edges
-
-
-def bin_counts(edges: list[float], values: Any) -> dict[str, int]:
-    """How many ``values`` fall in each monitoring bin: ``"0"``.. ``str(len(edges))``, and
-    ``"missing"`` for NaN. One call per feature and batch, not per value."""
-    if len(values) <= 16:  # a single request: bisect per value beats numpy's per-call overhead
-        out: dict[str, int] = {}
-        for x in values:
-            b = "missing" if x != x else str(bisect_right(edges, x))
-            out[b] = out.get(b, 0) + 1
-        return out
-    arr = np.asarray(values, dtype="float64")
-    nan = np.isnan(arr)
-    idx, counts = np.unique(np.searchsorted(edges, arr[~nan], side="right"), return_counts=True)
-    out = {str(int(i)): int(c) for i, c in zip(idx, counts)}
-    if nan.any():
-        out["missing"] = int(nan.sum())
-    return out
-
-
 def to_model_inputs(frame: pd.DataFrame, spec: FeatureSpec) -> dict[str, np.ndarray]:
     """Raw feature values as the model's named inputs: float32 numerics (NaN = missing) and
     strings for categories (missing → ``""``, which the lookup sends to the OOV bucket)."""
@@ -145,8 +129,7 @@ def fit_preprocessing(frame: pd.DataFrame, spec: FeatureSpec) -> dict[str, Any]:
         std = std if std > 1e-9 else 1.0
         numeric[c] = {"mean": mean, "std": std, "indicator": bool(values.isna().any())}
     categorical = {
-        c: {"vocabulary": sorted(v for v in frame[c].dropna().astype(str).unique() if v)}
-        for c in spec.categorical
+        c: {"vocabulary": sorted(v for v in frame[c].dropna().astype(str).unique() if v)} for c in spec.categorical
     }
     return {"numeric": numeric, "categorical": categorical}
 
@@ -241,7 +224,7 @@ def train(
     )
     history = {k: [float(v) for v in vs] for k, vs in result.history.items()}
     best = int(np.argmax(history["val_auc"])) + 1 if history.get("val_auc") else len(history["loss"])
-    return TrainedModel(model, spec, config, history, best, feature_bins(fit, spec), preprocessing)
+    return TrainedModel(model, spec, config, history, best, feature_bins(fit, spec.numeric), preprocessing)
 
 
 def predict(trained: TrainedModel, frame: pd.DataFrame) -> np.ndarray:
@@ -318,9 +301,12 @@ def export(trained: TrainedModel, path: Path) -> None:
         return model(features, training=False)
 
     archive.add_endpoint(
-        PACKED_ENDPOINT, serve_packed,
-        input_signature=[tf.TensorSpec([None, len(numeric)], tf.float32, name="numbers"),
-                         tf.TensorSpec([None, len(categorical)], tf.string, name="categories")],
+        PACKED_ENDPOINT,
+        serve_packed,
+        input_signature=[
+            tf.TensorSpec([None, len(numeric)], tf.float32, name="numbers"),
+            tf.TensorSpec([None, len(categorical)], tf.string, name="categories"),
+        ],
     )
     archive.write_out(str(path), verbose=False)
     (path / "feature_spec.json").write_text(json.dumps(trained.spec.to_json(), indent=2))
@@ -334,252 +320,21 @@ def export(trained: TrainedModel, path: Path) -> None:
         log.warning("no recorded preprocessing: %s exported without %s (served by TensorFlow)", path, FORWARD_FILE)
 
 
-def _relu(x: np.ndarray) -> np.ndarray:
-    return np.maximum(x, 0, out=x)
+MODEL_NAME = "flight_delay"
 
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    # 1 / (1 + exp(-x)), in place. Clamping at -88 keeps exp(88) ≈ 1.7e38 below float32's max (no
-    # overflow, and p < 1e-38 there anyway); large positive x just underflows exp to 0 (p = 1).
-    np.maximum(x, -88.0, out=x)
-    np.negative(x, out=x)
-    np.exp(x, out=x)
-    x += 1
-    return np.reciprocal(x, out=x)
-
-
-def _linear(x: np.ndarray) -> np.ndarray:
-    return x
-
-
-_ACTIVATIONS = {"relu": _relu, "sigmoid": _sigmoid, "linear": _linear}
-
-
-class NumpyForward:
-    """The exported network's forward pass in numpy, in float32 like TensorFlow.
-
-    Built from ``forward.npz`` (:func:`forward_arrays`); every shape is checked when it is loaded.
-    Stateless after construction, so safe to call from several threads.
-    """
-
-    def __init__(self, arrays: dict[str, np.ndarray], source: str = "<arrays>") -> None:
-        self.source = source
-
-        def fail(what: str) -> ValueError:
-            return ValueError(f"{source}: {what}; re-export the model")
-
-        def get(key: str, kind: str, ndim: int) -> np.ndarray:
-            if key not in arrays:
-                raise fail(f"{key!r} is missing")
-            a = np.asarray(arrays[key])
-            if a.dtype.kind not in kind or a.ndim != ndim:
-                raise fail(f"{key!r} is a {a.ndim}-d {a.dtype} array, expected {ndim}-d of kind {kind!r}")
-            if a.dtype.kind == "f" and not np.isfinite(a).all():
-                raise fail(f"{key!r} holds non-finite values")
-            return a
-
-        version = get("format_version", "iu", 0)
-        if int(version) != FORWARD_FORMAT_VERSION:
-            raise fail(f"format version {int(version)}, expected {FORWARD_FORMAT_VERSION}")
-        self.numeric: tuple[str, ...] = tuple(str(c) for c in get("numeric_names", "U", 1))
-        self.categorical: tuple[str, ...] = tuple(str(c) for c in get("categorical_names", "U", 1))
-        k = len(self.numeric)
-        mean, std = get("numeric_mean", "f", 1), get("numeric_std", "f", 1)
-        indicator = get("numeric_indicator", "b", 1)
-        for key, a in (("numeric_mean", mean), ("numeric_std", std), ("numeric_indicator", indicator)):
-            if a.shape != (k,):
-                raise fail(f"{key!r} has shape {a.shape}, expected ({k},) (one per numeric column)")
-        if (std <= 0).any():
-            raise fail("'numeric_std' must be positive")
-        # float32 like the graph, where the Python float constants are float32 tensors.
-        self.mean = mean.astype(np.float32)
-        self.std = std.astype(np.float32)
-        self.indicator = indicator.astype(bool)
-        self.vocabularies: list[tuple[str, ...]] = []
-        self.embeddings: list[np.ndarray] = []
-        for i, c in enumerate(self.categorical):
-            vocab = tuple(str(v) for v in get(f"vocabulary_{i}", "U", 1))
-            emb = get(f"embedding_{i}", "f", 2).astype(np.float32)
-            if emb.shape[0] != len(vocab) + 1 or emb.shape[1] < 1:
-                raise fail(f"'embedding_{i}' ({c}) has shape {emb.shape}, expected ({len(vocab) + 1}, dim >= 1)"
-                           f" for a vocabulary of {len(vocab)} plus the out-of-vocabulary row")
-            self.vocabularies.append(vocab)
-            self.embeddings.append(emb)
-        names = get("layer_names", "U", 1)
-        activations = get("activations", "U", 1)
-        if len(names) == 0 or activations.shape != names.shape:
-            raise fail(f"{len(names)} layer names and {len(activations)} activations, expected as many, >= 1")
-        width = k + int(self.indicator.sum()) + sum(e.shape[1] for e in self.embeddings)
-        self.layers: list[tuple[np.ndarray, np.ndarray, Any]] = []
-        for j, (name, act) in enumerate(zip(names, activations)):
-            kernel = get(f"kernel_{j}", "f", 2).astype(np.float32)
-            bias = get(f"bias_{j}", "f", 1).astype(np.float32)
-            last = j == len(names) - 1
-            expected = (width, 1) if last else (width, kernel.shape[1])
-            if kernel.shape != expected:
-                raise fail(f"'kernel_{j}' ({name}) has shape {kernel.shape}, expected {expected}")
-            if bias.shape != (kernel.shape[1],):
-                raise fail(f"'bias_{j}' ({name}) has shape {bias.shape}, expected ({kernel.shape[1]},)")
-            if str(act) not in _ACTIVATIONS:
-                raise fail(f"layer {name} has activation {act!r}, expected one of {sorted(_ACTIVATIONS)}")
-            self.layers.append((kernel, bias, _ACTIVATIONS[str(act)]))
-            width = kernel.shape[1]
-        # Hot-path precomputations: column vectors for broadcasting over (columns, rows), where
-        # each numeric value and indicator lands in the concatenated features, and dict lookups.
-        self._mean_col = self.mean[:, None]
-        self._std_col = self.std[:, None]
-        self._value_pos = np.empty(k, dtype=np.intp)
-        ind_pos, pos = [], 0
-        for i in range(k):
-            self._value_pos[i] = pos
-            pos += 1
-            if self.indicator[i]:
-                ind_pos.append(pos)
-                pos += 1
-        self._ind_pos = np.array(ind_pos, dtype=np.intp)
-        self._ind_rows = np.flatnonzero(self.indicator)
-        self._has_ind = bool(len(ind_pos))
-        self._width = self.layers[0][0].shape[0]
-        self._cats = []
-        for c, vocab, emb in zip(self.categorical, self.vocabularies, self.embeddings):
-            lookup: dict[Any, int] = {}
-            for j, v in enumerate(vocab, start=1):
-                lookup[v] = j
-                lookup[v.encode("utf-8")] = j  # TF strings are bytes: b"AA" is "AA" there too
-            self._cats.append((c, lookup, emb, slice(pos, pos + emb.shape[1])))
-            pos += emb.shape[1]
-
-    @classmethod
-    def load(cls, path: Path) -> NumpyForward:
-        """Read and check ``forward.npz``; any unreadable or inconsistent file is a ValueError."""
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {key: npz[key] for key in npz.files}  # reads (and CRC-checks) every array
-        except Exception as exc:
-            raise ValueError(f"cannot read {path}: {type(exc).__name__}: {exc}; "
-                             f"expected an .npz written by flight_delay.model.export") from exc
-        return cls(arrays, source=str(path))
-
-    def predict_inputs(self, inputs: dict[str, Any]) -> np.ndarray:
-        """Probabilities (float64) for named input columns: numerics as floats (NaN = missing),
-        categories as strings (unknown or ``""`` → the out-of-vocabulary row)."""
-        if self.numeric:
-            num = np.array([inputs[c] for c in self.numeric], dtype=np.float32)
-            if num.ndim != 2:
-                raise ValueError(f"numeric inputs must be equal-length 1-d columns, got shape {num.shape}")
-            n = num.shape[1]
-        else:
-            n = len(inputs[self.categorical[0]]) if self.categorical else 0
-        x = np.empty((n, self._width), dtype=np.float32)
-        if self.numeric:
-            isnan = np.isnan(num)
-            z = (np.where(isnan, self._mean_col, num) - self._mean_col) / self._std_col
-            x[:, self._value_pos] = z.T
-            if self._has_ind:
-                x[:, self._ind_pos] = isnan[self._ind_rows].T
-        for c, lookup, emb, where in self._cats:
-            col = inputs[c]
-            if len(col) != n:
-                raise ValueError(f"input column {c!r} has {len(col)} values, expected {n}")
-            x[:, where] = emb.take(np.fromiter(map(lookup.get, col, repeat(0)), np.intp, n), axis=0)
-        for kernel, bias, activation in self.layers:
-            x = x @ kernel
-            x += bias
-            x = activation(x)
-        return x[:, 0].astype(np.float64)
-
-    def probe_inputs(self) -> dict[str, list[Any]]:
-        """Eight rows that exercise every path: zeros, all missing, means, ±std, far out, known,
-        unknown and empty categories."""
-        mean, std = self.mean.astype(np.float64), self.std.astype(np.float64)
-        rows = [np.zeros_like(mean), np.full_like(mean, np.nan), mean, mean + std, mean - 2 * std,
-                mean + 10 * std, -np.abs(mean) - 5 * std,
-                np.where(np.arange(len(mean)) % 2 == 0, np.nan, mean - std)]
-        inputs: dict[str, list[Any]] = {c: [float(r[i]) for r in rows] for i, c in enumerate(self.numeric)}
-        for j, (c, vocab) in enumerate(zip(self.categorical, self.vocabularies)):
-            known = list(vocab) or [""]
-            unseen = "\x00unseen category"
-            inputs[c] = [known[0], "", unseen, known[-1], known[len(known) // 2], known[(1 + j) % len(known)],
-                         "", unseen if j % 2 else known[0]]
-        return inputs
-
-
-class ServingModel:
-    """A loaded model. The SavedModel is always loaded (the canonical artifact, checked on load);
-    predictions come from the numpy forward pass of ``forward.npz`` when the export has one and it
-    agrees with the SavedModel on a probe batch, else from one TF graph call per batch."""
-
-    def __init__(self, path: Path) -> None:
-        import tensorflow as tf
-
-        path = Path(path)
-        spec_file = path / "feature_spec.json"
-        if not spec_file.exists():
-            raise FileNotFoundError(
-                f"{spec_file} is missing: expected a model exported by flight_delay.model.export"
-            )
-        self.spec = FeatureSpec.from_json(json.loads(spec_file.read_text()))
-        try:
-            self._module = tf.saved_model.load(str(path))
-        except Exception as exc:  # the message of TF's own error is long and vague
-            raise ValueError(f"cannot load the SavedModel at {path}: {exc}") from exc
-        for endpoint in (SERVING_ENDPOINT, PACKED_ENDPOINT):
-            if not hasattr(self._module, endpoint):
-                raise ValueError(f"the SavedModel at {path} has no {endpoint!r} endpoint; re-export it")
-        # The concrete function skips tf.function's per-call signature matching (~0.2 ms a call).
-        self._serve = getattr(self._module, PACKED_ENDPOINT).get_concrete_function(
-            tf.TensorSpec([None, len(self.spec.numeric)], tf.float32),
-            tf.TensorSpec([None, len(self.spec.categorical)], tf.string),
-        )
-        self._tf = tf
-        bins_file = path / "feature_bins.json"
-        self.bins: dict[str, list[float]] = json.loads(bins_file.read_text()) if bins_file.exists() else {}
-        self._numpy: NumpyForward | None = None
-        self.engine = "tensorflow"
-        forward_file = path / FORWARD_FILE
-        if not forward_file.exists():
-            log.warning("%s has no %s (exported before the numpy forward pass): serving it with TensorFlow",
-                        path, FORWARD_FILE)
-            return
-        forward = NumpyForward.load(forward_file)
-        if forward.numeric != self.spec.numeric or forward.categorical != self.spec.categorical:
-            raise ValueError(f"{forward_file}: its columns differ from {spec_file}; re-export the model")
-        probe = forward.probe_inputs()
-        diff = float(np.max(np.abs(self._predict_tf(probe) - forward.predict_inputs(probe))))
-        if not diff <= PARITY_TOLERANCE:  # NaN fails too
-            raise ValueError(f"the model at {path}: numpy forward pass disagrees with the SavedModel by {diff}; "
-                             "re-export the model")
-        self._numpy = forward
-        self.engine = "numpy"
-
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.predict_inputs(to_model_inputs(frame, self.spec))
-
-    def predict_inputs(self, inputs: dict[str, Any]) -> np.ndarray:
-        """Probabilities for named input columns (lists or arrays): numpy, else one graph call."""
-        if self._numpy is not None:
-            return self._numpy.predict_inputs(inputs)
-        return self._predict_tf(inputs)
-
-    def _predict_tf(self, inputs: dict[str, Any]) -> np.ndarray:
-        tf = self._tf
-        numbers = np.array([inputs[c] for c in self.spec.numeric], dtype=np.float32).T
-        categories = np.array([inputs[c] for c in self.spec.categorical], dtype=object).T
-        return self._serve(tf.constant(numbers), tf.constant(categories, dtype=tf.string)).numpy().astype("float64")
-
-
-# The network's inputs: request fields, request-time features and the flight_delay_v1 service.
+# The network's inputs: request fields, request-time features and the flight_delay_v1 service
+# (the last-departure time itself is an input only through hours_since_last_dep).
 FLIGHT_DELAY_FEATURES = FeatureSpec(
     numeric=(
-        "dep_hour", "month", "days_to_holiday", "distance",
-        "temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip", "pressure", "visib",
-        "origin_1h_departures", "origin_1h_mean_delay", "origin_1h_late_rate", "origin_1h_pending",
-        "origin_1h_scheduled_next",
-        "origin_carrier_3h_departures", "origin_carrier_3h_mean_delay", "origin_carrier_3h_late_rate",
-        "last_dep_delay", "hours_since_last_dep",
-        "plane_year", "plane_seats", "plane_engines",
-        "carrier_7d_departures", "carrier_7d_late_rate", "carrier_7d_mean_delay",
-        "route_28d_departures", "route_28d_late_rate", "route_28d_mean_delay",
+        *SCHEDULE_NUMERIC,
+        *WEATHER_COLUMNS,
+        *activity_columns(ORIGIN_1H),
+        *activity_columns(ORIGIN_CARRIER_3H),
+        LAST_DEP_DELAY,
+        HOURS_SINCE_LAST_DEP,
+        *AIRCRAFT_PROFILE_NUMERIC,
+        *CARRIER_7D.columns,
+        *ROUTE_28D.columns,
     ),
-    categorical=("carrier", "origin", "dest", "weekday", "plane_manufacturer", "plane_engine"),
+    categorical=("carrier", "origin", "dest", *SCHEDULE_CATEGORICAL, *AIRCRAFT_PROFILE_TEXT),
 )

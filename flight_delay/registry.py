@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +63,7 @@ class ModelRegistry:
         bad = {k: v for k, v in labels.items() if not isinstance(v, str)}
         if bad:
             raise TypeError(f"BentoML labels must be strings; got {bad}")
-        with bentoml.models.create(
-            name, labels=labels, metadata=metadata, _model_store=self._store
-        ) as model:
+        with bentoml.models.create(name, labels=labels, metadata=metadata, _model_store=self._store) as model:
             write(Path(model.path) / MODEL_SUBDIR)
         return str(model.tag)
 
@@ -84,7 +82,7 @@ class ModelRegistry:
 
     def list(self, name: str) -> list[str]:
         """Every version of ``name``, oldest first."""
-        models = [m for m in self._store.list(name)]
+        models = list(self._store.list(name))
         models.sort(key=lambda m: m.info.creation_time)
         return [str(m.tag) for m in models]
 
@@ -127,8 +125,12 @@ class ModelRegistry:
         with self._locked(name) as path:
             previous = self.champion(name)
             event = ChampionEvent(
-                model_name=name, tag=tag, action=action, reason=reason,
-                at=datetime.now(timezone.utc).isoformat(), previous=previous,
+                model_name=name,
+                tag=tag,
+                action=action,
+                reason=reason,
+                at=datetime.now(UTC).isoformat(),
+                previous=previous,
             )
             with open(path, "a") as fh:
                 fh.write(event.to_json() + "\n")
@@ -161,9 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
+    from flight_delay.model import MODEL_NAME
+    from flight_delay.paths import DataLayout
+
     parser = argparse.ArgumentParser(prog="python -m flight_delay.registry")
-    parser.add_argument("--home", default=None, help="BentoML home (default: $FLIGHT_DELAY_DATA_DIR/bentoml or data/bentoml)")
-    parser.add_argument("--model", default="flight_delay")
+    parser.add_argument(
+        "--home", default=None, help="BentoML home (default: $FLIGHT_DELAY_DATA_DIR/bentoml or data/bentoml)"
+    )
+    parser.add_argument("--model", default=MODEL_NAME)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("history")
     promote = sub.add_parser("promote")
@@ -173,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     rollback.add_argument("--to", dest="to_tag", default=None)
     rollback.add_argument("--reason", required=True)
     args = parser.parse_args(argv)
-    home = args.home or Path(os.environ.get("FLIGHT_DELAY_DATA_DIR") or Path(__file__).resolve().parents[1] / "data") / "bentoml"
-    registry = ModelRegistry(home)
+    registry = ModelRegistry(args.home or DataLayout.resolve().bentoml_home)
     try:
         if args.command == "promote":
             print(registry.promote(args.model, args.tag, args.reason).to_json())

@@ -17,9 +17,20 @@ from pandera.errors import SchemaErrors
 from pandera.typing import Series
 
 from flight_delay.data import local_day
+from flight_delay.feature_tables import (
+    AIRCRAFT_LAST_DEPARTURE_COLUMNS,
+    AIRCRAFT_PROFILE_TEXT,
+    CARRIER_7D,
+    MAX_PLAUSIBLE_WIND_MPH,
+    ORIGIN_1H,
+    ORIGIN_CARRIER_3H,
+    ROUTE_28D,
+    WEATHER_COLUMNS,
+    activity_columns,
+)
+from flight_delay.flights import LOCAL_TZ
 
 NYC_ORIGINS = ("EWR", "JFK", "LGA")
-_TZ = "America/New_York"
 
 
 class RawFlightsSchema(pa.DataFrameModel):
@@ -54,10 +65,12 @@ class RawFlightsSchema(pa.DataFrameModel):
     @classmethod
     def scheduled_hour_matches_time_hour(cls, df: pd.DataFrame) -> Series[bool]:
         """``time_hour`` is the scheduled hour: same local date and hour as the row says."""
-        local = df["time_hour"].dt.tz_convert(_TZ)
+        local = df["time_hour"].dt.tz_convert(LOCAL_TZ)
         return (
-            (local.dt.year == df["year"]) & (local.dt.month == df["month"])
-            & (local.dt.day == df["day"]) & (local.dt.hour == df["hour"])
+            (local.dt.year == df["year"])
+            & (local.dt.month == df["month"])
+            & (local.dt.day == df["day"])
+            & (local.dt.hour == df["hour"])
         )
 
 
@@ -137,9 +150,7 @@ class DeparturesSchema(pa.DataFrameModel):
     route: Series[str]
     distance: Series[float] = pa.Field(gt=0)
     sched_dep_ts: Series[pd.DatetimeTZDtype] = pa.Field(dtype_kwargs={"unit": "ns", "tz": "UTC"})
-    actual_dep_ts: Series[pd.DatetimeTZDtype] = pa.Field(
-        nullable=True, dtype_kwargs={"unit": "ns", "tz": "UTC"}
-    )
+    actual_dep_ts: Series[pd.DatetimeTZDtype] = pa.Field(nullable=True, dtype_kwargs={"unit": "ns", "tz": "UTC"})
     dep_delay: Series[float] = pa.Field(nullable=True)
     cancelled: Series[bool]
     is_late: Series[float] = pa.Field(nullable=True, isin=[0.0, 1.0])
@@ -154,8 +165,12 @@ class DeparturesSchema(pa.DataFrameModel):
 
 
 def feature_table_schema(
-    name: str, keys: tuple[str, ...], rates: tuple[str, ...] = (), counts: tuple[str, ...] = (),
-    values: tuple[str, ...] = (), ranges: dict[str, tuple[float, float]] | None = None,
+    name: str,
+    keys: tuple[str, ...],
+    rates: tuple[str, ...] = (),
+    counts: tuple[str, ...] = (),
+    values: tuple[str, ...] = (),
+    ranges: dict[str, tuple[float, float]] | None = None,
     texts: tuple[str, ...] = (),
 ) -> pa.DataFrameSchema:
     """Schema of one feature table: string keys, a UTC ``event_timestamp``, float features with
@@ -173,9 +188,7 @@ def feature_table_schema(
         columns[c] = pa.Column(float, checks, nullable=True)
     for c in texts:
         columns[c] = pa.Column(str, nullable=True)
-    return pa.DataFrameSchema(
-        columns, name=name, strict=True, unique=[*keys, "event_timestamp"]
-    )
+    return pa.DataFrameSchema(columns, name=name, strict=True, unique=[*keys, "event_timestamp"])
 
 
 @dataclass(frozen=True)
@@ -199,8 +212,11 @@ class ValidationResult:
         return cases[cols].head(limit).astype(str).to_markdown(index=False)
 
 
-def validate(schema: type[pa.DataFrameModel] | pa.DataFrameSchema, frame: pd.DataFrame,
-             extra_checks: list[pa.Check] | None = None) -> ValidationResult:
+def validate(
+    schema: type[pa.DataFrameModel] | pa.DataFrameSchema,
+    frame: pd.DataFrame,
+    extra_checks: list[pa.Check] | None = None,
+) -> ValidationResult:
     """Run ``schema`` lazily over ``frame`` and collect every failure case."""
     compiled = schema.to_schema() if isinstance(schema, type) else schema
     if extra_checks:
@@ -237,41 +253,50 @@ def known_codes_check(column: str, codes: set[str], describe: str) -> pa.Check:
     return pa.Check(_check, name=f"known_{column}", error=f"unknown {describe} in {column}")
 
 
-_ACTIVITY_1H = ("origin_1h_departures", "origin_1h_pending", "origin_1h_scheduled_next")
+def _window_schema(name: str, keys: tuple[str, ...], columns: list[str]) -> pa.DataFrameSchema:
+    """A departure-window table: rates in [0, 1], mean delays any value, every other column a count."""
+    rates = tuple(c for c in columns if c.endswith("_late_rate"))
+    values = tuple(c for c in columns if c.endswith("_mean_delay"))
+    counts = tuple(c for c in columns if c not in rates and c not in values)
+    return feature_table_schema(name, keys, rates=rates, counts=counts, values=values)
+
+
 FEATURE_TABLE_SCHEMAS: dict[str, pa.DataFrameSchema] = {
     "origin_hourly_weather": feature_table_schema(
-        "OriginHourlyWeather", ("origin",),
-        values=("temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip",
-                "pressure", "visib"),
-        ranges={"temp": (-60, 130), "humid": (0, 100), "wind_dir": (0, 360),
-                "wind_speed": (0, 150), "wind_gust": (0, 150), "precip": (0, 10),
-                "pressure": (900, 1100), "visib": (0, 100)},
+        "OriginHourlyWeather",
+        ("origin",),
+        values=WEATHER_COLUMNS,
+        ranges={
+            "temp": (-60, 130),
+            "humid": (0, 100),
+            "wind_dir": (0, 360),
+            "wind_speed": (0, MAX_PLAUSIBLE_WIND_MPH),
+            "wind_gust": (0, MAX_PLAUSIBLE_WIND_MPH),
+            "precip": (0, 10),
+            "pressure": (900, 1100),
+            "visib": (0, 100),
+        },
     ),
-    "origin_1h_departures": feature_table_schema(
-        "Origin1hDepartures", ("origin",), rates=("origin_1h_late_rate",), counts=_ACTIVITY_1H,
-        values=("origin_1h_mean_delay",),
-    ),
-    "origin_carrier_3h_departures": feature_table_schema(
-        "OriginCarrier3hDepartures", ("origin", "carrier"), rates=("origin_carrier_3h_late_rate",),
-        counts=("origin_carrier_3h_departures",), values=("origin_carrier_3h_mean_delay",),
+    "origin_1h_departures": _window_schema("Origin1hDepartures", ORIGIN_1H.keys, activity_columns(ORIGIN_1H)),
+    "origin_carrier_3h_departures": _window_schema(
+        "OriginCarrier3hDepartures", ORIGIN_CARRIER_3H.keys, activity_columns(ORIGIN_CARRIER_3H)
     ),
     "aircraft_last_departure": feature_table_schema(
-        "AircraftLastDeparture", ("tailnum",), values=("last_dep_delay", "last_dep_unix"),
+        "AircraftLastDeparture",
+        ("tailnum",),
+        values=AIRCRAFT_LAST_DEPARTURE_COLUMNS,
         texts=("flight_date",),
     ),
     "aircraft_profile": feature_table_schema(
-        "AircraftProfile", ("tailnum",), counts=("plane_seats", "plane_engines"),
-        values=("plane_year",), ranges={"plane_year": (1900, 2100)},
-        texts=("plane_manufacturer", "plane_engine"),
+        "AircraftProfile",
+        ("tailnum",),
+        counts=("plane_seats", "plane_engines"),
+        values=("plane_year",),
+        ranges={"plane_year": (1900, 2100)},
+        texts=AIRCRAFT_PROFILE_TEXT,
     ),
-    "carrier_7d_delays": feature_table_schema(
-        "Carrier7dDelays", ("carrier",), rates=("carrier_7d_late_rate",),
-        counts=("carrier_7d_departures",), values=("carrier_7d_mean_delay",),
-    ),
-    "route_28d_delays": feature_table_schema(
-        "Route28dDelays", ("route",), rates=("route_28d_late_rate",),
-        counts=("route_28d_departures",), values=("route_28d_mean_delay",),
-    ),
+    "carrier_7d_delays": _window_schema("Carrier7dDelays", (CARRIER_7D.key,), CARRIER_7D.columns),
+    "route_28d_delays": _window_schema("Route28dDelays", (ROUTE_28D.key,), ROUTE_28D.columns),
 }
 
 
@@ -289,8 +314,12 @@ def training_set_schema(feature_columns: list[str]) -> pa.DataFrameSchema:
         columns.setdefault(c, pa.Column(nullable=True, required=True))
     return pa.DataFrameSchema(
         columns,
-        checks=[pa.Check(lambda df: df["event_timestamp"] < df["sched_dep_ts"],
-                         name="predicted_before_departure",
-                         error="prediction time must come before scheduled departure")],
+        checks=[
+            pa.Check(
+                lambda df: df["event_timestamp"] < df["sched_dep_ts"],
+                name="predicted_before_departure",
+                error="prediction time must come before scheduled departure",
+            )
+        ],
         name="TrainingSet",
     )

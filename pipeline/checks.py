@@ -6,7 +6,6 @@ assets that read raw data validate it again (``require_valid``) and refuse to bu
 that fails, whatever run produced it.
 """
 
-
 import dagster as dg
 import pandas as pd
 

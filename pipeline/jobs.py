@@ -2,22 +2,25 @@
 
 import dagster as dg
 
+from pipeline.assets import feature_store, feature_tables, ingestion, packaging, training, validated
 from pipeline.partitions import daily_partitions
 
 feature_refresh_job = dg.define_asset_job(
     "feature_refresh_job",
-    selection=dg.AssetSelection.groups("ingestion", "validated", "features", "feature_store"),
+    selection=dg.AssetSelection.groups(ingestion.GROUP, validated.GROUP, feature_tables.GROUP, feature_store.GROUP),
     partitions_def=daily_partitions,
     description="Ingest, validate and compute a day's features; apply the registry; update the online store.",
 )
 
 retrain_job = dg.define_asset_job(
     "retrain_job",
-    selection=dg.AssetSelection.groups("training", "serving"),
+    selection=dg.AssetSelection.groups(training.GROUP, packaging.GROUP),
     description="Build the training set, train and register a model, decide on promotion, build the Bento.",
 )
 
 daily_feature_refresh = dg.build_schedule_from_partitioned_job(
-    feature_refresh_job, hour_of_day=0, minute_of_hour=30,
+    feature_refresh_job,
+    hour_of_day=0,
+    minute_of_hour=30,
     description="Refresh yesterday's features shortly after local midnight.",
 )

@@ -2,14 +2,12 @@
 
 import argparse
 import json
-import os
 import sys
 import time
-from pathlib import Path
 
+from flight_delay.model import MODEL_NAME
+from flight_delay.paths import DataLayout
 from flight_delay.registry import ModelRegistry
-from pipeline.assets.training import MODEL_NAME
-from pipeline.definitions import PROJECT_ROOT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,11 +15,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--started", type=float, help="Unix time the run started, for 'seconds'.")
     parser.add_argument("--next-steps", action="store_true", help="Also print where to look next.")
     args = parser.parse_args(argv)
-    data_dir = Path(os.environ.get("FLIGHT_DELAY_DATA_DIR") or PROJECT_ROOT / "data")
-    registry = ModelRegistry(data_dir / "bentoml")
+    layout = DataLayout.resolve()
+    registry = ModelRegistry(layout.bentoml_home)
     versions = registry.list(MODEL_NAME)
     if not versions:
-        print(f"no {MODEL_NAME} model in {data_dir / 'bentoml'}; did the retraining step run?", file=sys.stderr)
+        print(f"no {MODEL_NAME} model in {layout.bentoml_home}; did the retraining step run?", file=sys.stderr)
         return 1
     model = registry.get(versions[-1])
     meta = model.info.metadata
@@ -29,12 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     champion = registry.champion(MODEL_NAME)
     if args.next_steps:
         print(f"\nModel {model.tag} (champion: {champion})")
-        print(f"  trained on {model.info.labels['train_window']}, evaluated on {model.info.labels['evaluation_window']}")
+        print(
+            f"  trained on {model.info.labels['train_window']}, evaluated on {model.info.labels['evaluation_window']}"
+        )
         print(f"  network : AUC {metrics['auc']:.4f}  log loss {metrics['log_loss']:.4f}  Brier {metrics['brier']:.4f}")
-        print(f"  baseline: AUC {baseline['auc']:.4f}  log loss {baseline['log_loss']:.4f}  Brier {baseline['brier']:.4f}")
+        print(
+            f"  baseline: AUC {baseline['auc']:.4f}  log loss {baseline['log_loss']:.4f}  Brier {baseline['brier']:.4f}"
+        )
         print(f"  expected calibration error {meta['ece']:.4f}\n")
         print("Next: `make ui` and open http://127.0.0.1:3030 for the asset graph, checks and metadata;")
-        print(f"      the model store is {data_dir / 'bentoml'} (BENTOML_HOME), champion history in champions/.")
+        print(f"      the model store is {layout.bentoml_home} (BENTOML_HOME), champion history in champions/.")
     summary = {
         "model": str(model.tag),
         "champion": champion,

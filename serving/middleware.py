@@ -39,8 +39,9 @@ class RequestTimeoutMiddleware:
         except asyncio.CancelledError:
             if started or not task.cancelled():
                 raise
-            await JSONResponse({"error": f"not able to process the request in {self.timeout} s"},
-                               status_code=504)(scope, receive, send)
+            await JSONResponse({"error": f"not able to process the request in {self.timeout} s"}, status_code=504)(
+                scope, receive, send
+            )
         finally:
             timer.cancel()
 

@@ -12,9 +12,9 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from flight_delay.model import ServingModel
+from flight_delay.forward import ServingModel
 from flight_delay.registry import ModelRegistry
-from serving.metrics import MODEL_LOAD_FAILURES
+from serving.telemetry import MODEL_LOAD_FAILURES
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,9 @@ class Routing:
 
 
 class ModelRouter:
-    def __init__(self, registry: ModelRegistry, name: str, challenger: str | None, weight: float,
-                 refresh_seconds: float) -> None:
+    def __init__(
+        self, registry: ModelRegistry, name: str, challenger: str | None, weight: float, refresh_seconds: float
+    ) -> None:
         self.registry = registry
         self.name = name
         self.challenger_spec = challenger
@@ -66,7 +67,7 @@ class ModelRouter:
             return champion, None
         if spec == "latest":
             versions = self.registry.list(self.name)
-            newer = versions[versions.index(champion) + 1:] if champion in versions else []
+            newer = versions[versions.index(champion) + 1 :] if champion in versions else []
             return champion, (newer[-1] if newer else None)
         return champion, (spec if spec != champion else None)
 
@@ -77,8 +78,7 @@ class ModelRouter:
 
     def _stamp(self) -> tuple[float, ...]:
         """Modification times of what a promotion, rollback or new model changes."""
-        paths = (self.registry.home / "champions" / f"{self.name}.jsonl",
-                 self.registry.home / "models" / self.name)
+        paths = (self.registry.home / "champions" / f"{self.name}.jsonl", self.registry.home / "models" / self.name)
         return tuple(p.stat().st_mtime_ns if p.exists() else 0 for p in paths)
 
     def refresh(self) -> bool:
@@ -100,8 +100,9 @@ class ModelRouter:
 
     def _apply(self, champion: str | None, challenger: str | None) -> bool:
         current = self.routing
-        if (champion == (current.champion.tag if current.champion else None)
-                and challenger == (current.challenger.tag if current.challenger else None)):
+        if champion == (current.champion.tag if current.champion else None) and challenger == (
+            current.challenger.tag if current.challenger else None
+        ):
             return False
         new = Routing(
             Variant("champion", champion, self._load(champion)) if champion else None,

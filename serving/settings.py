@@ -6,7 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from flight_delay.model import MODEL_NAME
+from flight_delay.paths import PROJECT_ROOT, DataLayout
 
 
 def _float(name: str, default: float, lo: float, hi: float) -> float:
@@ -24,7 +25,7 @@ def _float(name: str, default: float, lo: float, hi: float) -> float:
 
 @dataclass(frozen=True)
 class ServingSettings:
-    data_dir: Path
+    layout: DataLayout  # the data folder: registry, Feast state, prediction log
     repo_path: Path
     online_store_url: str | None
     model_name: str
@@ -36,26 +37,14 @@ class ServingSettings:
     log_flush_seconds: float
     feature_cache_seconds: float
 
-    @property
-    def bentoml_home(self) -> Path:
-        return self.data_dir / "bentoml"
-
-    @property
-    def feast_state(self) -> Path:
-        return self.data_dir / "feast"
-
-    @property
-    def prediction_log(self) -> Path:
-        return self.data_dir / "prediction_log" / "predictions.db"
-
     @classmethod
     def from_env(cls) -> ServingSettings:
         env = os.environ
         return cls(
-            data_dir=Path(env.get("FLIGHT_DELAY_DATA_DIR") or PROJECT_ROOT / "data").resolve(),
+            layout=DataLayout.resolve(),
             repo_path=Path(env.get("FLIGHT_DELAY_FEATURE_REPO") or PROJECT_ROOT).resolve(),
             online_store_url=env.get("FLIGHT_DELAY_ONLINE_STORE") or None,
-            model_name=env.get("FLIGHT_DELAY_MODEL", "flight_delay"),
+            model_name=env.get("FLIGHT_DELAY_MODEL", MODEL_NAME),
             # A tag, "latest" (the newest registered model that is not the champion) or "none".
             challenger=(env.get("FLIGHT_DELAY_CHALLENGER", "latest") or "latest"),
             challenger_weight=_float("FLIGHT_DELAY_CHALLENGER_WEIGHT", 0.1, 0.0, 1.0),

@@ -1,1 +1,2 @@
-"""Asset groups, one module each: ingestion → validated → features → feature_store → training."""
+"""Asset groups, one module each: ingestion → validated → feature_tables → feature_store → training →
+packaging; monitoring reads what the service logged."""

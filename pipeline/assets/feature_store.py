@@ -1,16 +1,15 @@
 """The Feast registry and the online store."""
 
-
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-import features as repo
+from features import BATCH_TABLES, STREAM_TABLES, push_source_name
 from pipeline.partitions import daily_partitions
 from pipeline.resources import FeatureStoreResource, TableStore
 
 GROUP = "feature_store"
-FEATURE_TABLES = [*repo.BATCH_TABLES, *repo.STREAM_TABLES]
+FEATURE_TABLES = [*BATCH_TABLES, *STREAM_TABLES]
 
 
 # Applying definitions reads no feature data, so the registry depends on none: it can be applied
@@ -23,14 +22,16 @@ def feature_registry(feature_store: FeatureStoreResource) -> dg.MaterializeResul
     store.apply(objects)
     views = store.list_feature_views()
     services = store.list_feature_services()
-    return dg.MaterializeResult(metadata={
-        "project": store.project,
-        "feature_views": dg.MetadataValue.json({v.name: [f.name for f in v.features] for v in views}),
-        "feature_services": dg.MetadataValue.json(
-            {s.name: [p.name for p in s.feature_view_projections] for s in services}
-        ),
-        "offline_root": feature_store.offline_root,
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "project": store.project,
+            "feature_views": dg.MetadataValue.json({v.name: [f.name for f in v.features] for v in views}),
+            "feature_services": dg.MetadataValue.json(
+                {s.name: [p.name for p in s.feature_view_projections] for s in services}
+            ),
+            "offline_root": feature_store.offline_root,
+        }
+    )
 
 
 class OnlineFeaturesConfig(dg.Config):
@@ -58,8 +59,10 @@ def latest_per_entity(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     kinds={"feast", "sqlite"},
 )
 def online_features(
-    context: dg.AssetExecutionContext, config: OnlineFeaturesConfig,
-    feature_store: FeatureStoreResource, offline_tables: TableStore,
+    context: dg.AssetExecutionContext,
+    config: OnlineFeaturesConfig,
+    feature_store: FeatureStoreResource,
+    offline_tables: TableStore,
 ) -> dg.MaterializeResult:
     """Online store up to the end of the partitions: batch views materialized, streamed views pushed."""
     from feast.data_source import PushMode
@@ -76,19 +79,21 @@ def online_features(
         # Values stamped exactly at as_of are known at as_of, as in the point-in-time join.
         end = as_of + pd.Timedelta(microseconds=1)
     pushed: dict[str, int] = {}
-    for table in repo.STREAM_TABLES:
+    for table in STREAM_TABLES:
         view = store.get_feature_view(table)
         rows = offline_tables.read(table, days)
         frame = latest_per_entity(rows[rows["event_timestamp"] < end], list(view.join_keys))
-        store.push(repo.push_source_name(table), frame, to=PushMode.ONLINE)
+        store.push(push_source_name(table), frame, to=PushMode.ONLINE)
         pushed[table] = len(frame)
-    for table in repo.BATCH_TABLES:
+    for table in BATCH_TABLES:
         view = store.get_feature_view(table)
         # A view without TTL (static attributes) needs its whole history, not just these days.
         since = start - view.ttl if view.ttl else pd.Timestamp("1970-01-01", tz="UTC")
         store.materialize(start_date=since.to_pydatetime(), end_date=end.to_pydatetime(), feature_views=[table])
-    return dg.MaterializeResult(metadata={
-        "pushed_rows": dg.MetadataValue.json(pushed),
-        "materialized_views": dg.MetadataValue.json(list(repo.BATCH_TABLES)),
-        "online_as_of": end.isoformat(),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "pushed_rows": dg.MetadataValue.json(pushed),
+            "materialized_views": dg.MetadataValue.json(list(BATCH_TABLES)),
+            "online_as_of": end.isoformat(),
+        }
+    )

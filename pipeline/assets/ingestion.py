@@ -1,6 +1,5 @@
 """Raw tables as the source publishes them, each validated by a blocking Pandera check."""
 
-
 from collections.abc import Iterator
 
 import dagster as dg
@@ -8,7 +7,7 @@ import pandas as pd
 
 from flight_delay import schemas
 from pipeline.checks import check_result, schema_check_spec, validate_raw_flights, validate_raw_weather
-from pipeline.partitions import daily_partitions
+from pipeline.partitions import daily_asset
 from pipeline.resources import FlightDataSource
 
 GROUP = "ingestion"
@@ -16,7 +15,9 @@ GROUP = "ingestion"
 
 def _reference_asset(name: str, table: str, schema: type, description: str) -> dg.AssetsDefinition:
     @dg.asset(
-        name=name, group_name=GROUP, description=description,
+        name=name,
+        group_name=GROUP,
+        description=description,
         check_specs=[schema_check_spec(name, f"{schema.__name__}: types, ranges, unique keys.")],
         kinds={"pandas", "parquet"},
     )
@@ -30,19 +31,22 @@ def _reference_asset(name: str, table: str, schema: type, description: str) -> d
 
 raw_airports = _reference_asset("raw_airports", "airports", schemas.AirportsSchema, "Airports of the FAA database.")
 raw_airlines = _reference_asset("raw_airlines", "airlines", schemas.AirlinesSchema, "Airline names by carrier code.")
-raw_planes = _reference_asset("raw_planes", "planes", schemas.PlanesSchema, "Aircraft of the FAA registry by tail number.")
+raw_planes = _reference_asset(
+    "raw_planes", "planes", schemas.PlanesSchema, "Aircraft of the FAA registry by tail number."
+)
 
 
 @dg.asset(
-    group_name=GROUP,
-    partitions_def=daily_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    metadata={"partition_column": "year/month/day"},
-    check_specs=[schema_check_spec(
-        "raw_flights",
-        "Types and ranges, known airports, unique (day, carrier, flight, origin), rows inside the day.",
-    )],
-    kinds={"pandas", "parquet"},
+    **daily_asset(
+        GROUP,
+        "year/month/day",
+        check_specs=[
+            schema_check_spec(
+                "raw_flights",
+                "Types and ranges, known airports, unique (day, carrier, flight, origin), rows inside the day.",
+            )
+        ],
+    )
 )
 def raw_flights(
     context: dg.AssetExecutionContext, source: FlightDataSource, raw_airports: pd.DataFrame
@@ -55,12 +59,11 @@ def raw_flights(
 
 
 @dg.asset(
-    group_name=GROUP,
-    partitions_def=daily_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    metadata={"partition_column": "year/month/day"},
-    check_specs=[schema_check_spec("raw_weather", "Types and ranges, unique (origin, hour), rows inside the day.")],
-    kinds={"pandas", "parquet"},
+    **daily_asset(
+        GROUP,
+        "year/month/day",
+        check_specs=[schema_check_spec("raw_weather", "Types and ranges, unique (origin, hour), rows inside the day.")],
+    )
 )
 def raw_weather(
     context: dg.AssetExecutionContext, source: FlightDataSource

@@ -8,21 +8,10 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
-from pydantic import Field
 
-from serving.prediction_log import read_log
+from pipeline.resources import PredictionLogResource
 
 GROUP = "monitoring"
-
-
-class PredictionLogResource(dg.ConfigurableResource):
-    """The service's SQLite prediction log (``<data dir>/prediction_log/predictions.db`` by
-    default, as in ``serving.settings``), opened read-only."""
-
-    path: str = Field(description="The service's predictions.db; a missing file reads as an empty log.")
-
-    def read(self, since: float | None = None) -> pd.DataFrame:
-        return read_log(Path(self.path), since)
 
 
 def _counts(values: pd.Series) -> dict[str, int]:
@@ -33,10 +22,10 @@ def _counts(values: pd.Series) -> dict[str, int]:
 def prediction_log(context: dg.AssetExecutionContext, prediction_log_db: PredictionLogResource) -> dg.Output:
     """Every prediction the service logged, with its feature values and its latest feedback
     (delay, late) when some came: one row per request id."""
-    frame = prediction_log_db.read()
     path = Path(prediction_log_db.path)
-    if not path.exists():
+    if not prediction_log_db.exists():
         context.log.warning(f"{path} does not exist (the service has not run on this data folder): empty log")
+    frame = prediction_log_db.read()
     with_feedback = int(frame["late"].notna().sum())
     metadata: dict[str, object] = {
         "dagster/row_count": len(frame),

@@ -24,7 +24,8 @@ class FeatureStoreResource(dg.ConfigurableResource):
         description="Folder for the file registry and the SQLite online store; empty: as in feature_store.yaml.",
     )
     online_store_url: str | None = Field(
-        default=None, description="redis://host:port[/db] to use Redis as the online store; empty: SQLite.",
+        default=None,
+        description="redis://host:port[/db] to use Redis as the online store; empty: SQLite.",
     )
 
     def store(self) -> Any:

@@ -1,6 +1,5 @@
 """Where the raw flights, weather and reference tables come from."""
 
-
 from abc import ABC, abstractmethod
 from functools import lru_cache
 from pathlib import Path

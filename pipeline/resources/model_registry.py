@@ -1,6 +1,5 @@
 """The model registry: BentoML's model store plus the champion history."""
 
-
 from abc import ABC, abstractmethod
 
 import dagster as dg

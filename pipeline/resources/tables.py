@@ -1,6 +1,5 @@
 """Table storage: one Parquet file per table, or per table and day for daily partitioned ones."""
 
-
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import pandas as pd
 from pydantic import Field
 
 from flight_delay.data import local_day
-from flight_delay.features import LOCAL_TZ
+from flight_delay.flights import LOCAL_TZ
 
 
 def partition_days(frame: pd.DataFrame, column: str) -> pd.Series:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -28,18 +26,20 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
+from bench.harness import ProcessGroup, free_port
+from flight_delay.paths import PROJECT_ROOT
+
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 LOCATION = "pipeline.definitions:defs"
 
-GROUPS = {"ingestion", "validated", "features", "feature_store", "training", "serving", "monitoring"}
+GROUPS = {"ingestion", "validated", "feature_tables", "feature_store", "training", "packaging", "monitoring"}
 # A sample of every group; the GraphQL test checks the full list against these.
 EXPECTED_ASSETS = {
     "raw_flights": "ingestion",
     "departures": "validated",
-    "origin_1h_departures": "features",
+    "origin_1h_departures": "feature_tables",
     "training_set": "training",
     "delay_model": "training",
     "model_promotion": "training",
@@ -70,31 +70,6 @@ CHROMIUM_FLAGS = [
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    """End the process group started with ``start_new_session=True``: TERM, then KILL."""
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            # The leader is gone; make sure no child of the group lingers.
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def _tail(path: Path, chars: int = 4000) -> str:
@@ -166,8 +141,9 @@ class DevToolsPage:
         )
         return result.get("result", {}).get("value") or ""
 
-    def wait_for(self, url: str, lines: set[str] = frozenset(), substrings: set[str] = frozenset(),
-                 timeout: float = PAGE_TIMEOUT) -> list[str]:
+    def wait_for(
+        self, url: str, lines: set[str] = frozenset(), substrings: set[str] = frozenset(), timeout: float = PAGE_TIMEOUT
+    ) -> list[str]:
         """Open ``url`` and poll the rendered text until every ``lines`` entry is a whole line
         and every ``substrings`` entry occurs; fail (with what is missing) after ``timeout``."""
         self.goto(url)
@@ -215,42 +191,45 @@ def ui_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     webserver = Path(sys.executable).with_name("dagster-webserver")
     assert webserver.exists(), f"{webserver} missing: run `uv sync --frozen`"
-    port = _free_port()
+    port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     log_path = root / "webserver.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [str(webserver), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )
+    group = ProcessGroup.start(
+        [str(webserver), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        log_path,
+        cwd=PROJECT_ROOT,
+        env=env,
+    )
+    proc = group.proc
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"dagster-webserver exited with {proc.returncode}:\n{_tail(log_path)}",
-                            pytrace=False)
+                pytest.fail(f"dagster-webserver exited with {proc.returncode}:\n{_tail(log_path)}", pytrace=False)
             try:
                 if httpx.get(f"{base_url}/server_info", timeout=2).status_code == 200:
                     statuses = [
                         entry["loadStatus"]
-                        for entry in _graphql(base_url, "{ workspaceOrError { ... on Workspace "
-                                                        "{ locationEntries { loadStatus } } } }"
-                                              )["workspaceOrError"].get("locationEntries", [])
+                        for entry in _graphql(
+                            base_url, "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus } } } }"
+                        )["workspaceOrError"].get("locationEntries", [])
                     ]
                     if statuses and "LOADING" not in statuses:
                         break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"dagster-webserver did not serve {base_url} with a loaded code location "
-                            f"within {SERVER_START_TIMEOUT:.0f}s:\n{_tail(log_path)}", pytrace=False)
+                pytest.fail(
+                    f"dagster-webserver did not serve {base_url} with a loaded code location "
+                    f"within {SERVER_START_TIMEOUT:.0f}s:\n{_tail(log_path)}",
+                    pytrace=False,
+                )
             time.sleep(0.5)
         # The UI's "Join the Dagster community" dialog would cover the page on a fresh instance.
         assert _graphql(base_url, "mutation { setNuxSeen }")["setNuxSeen"] is True
         yield base_url
     finally:
-        _stop_group(proc)
+        group.stop(timeout=15)
 
 
 @pytest.fixture(scope="module")
@@ -261,12 +240,18 @@ def page(tmp_path_factory: pytest.TempPathFactory, ui_url: str) -> Iterator[DevT
     root = tmp_path_factory.mktemp("chromium")
     profile = root / "profile"
     log_path = root / "chromium.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
-             "--window-size=1600,4000", "about:blank"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
+    group = ProcessGroup.start(
+        [
+            str(CHROMIUM),
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            "--remote-debugging-port=0",
+            "--window-size=1600,4000",
+            "about:blank",
+        ],
+        log_path,
+    )
+    proc = group.proc
     client = None
     try:
         port_file = profile / "DevToolsActivePort"
@@ -283,7 +268,7 @@ def page(tmp_path_factory: pytest.TempPathFactory, ui_url: str) -> Iterator[DevT
     finally:
         if client is not None:
             client.close()
-        _stop_group(proc)
+        group.stop(timeout=15)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,7 +276,9 @@ def page(tmp_path_factory: pytest.TempPathFactory, ui_url: str) -> Iterator[DevT
 
 
 def test_code_location_loads_without_errors(ui_url: str) -> None:
-    data = _graphql(ui_url, """{
+    data = _graphql(
+        ui_url,
+        """{
       workspaceOrError {
         __typename
         ... on PythonError { message }
@@ -308,7 +295,8 @@ def test_code_location_loads_without_errors(ui_url: str) -> None:
         }
       }
       assetNodes { assetKey { path } groupName }
-    }""")
+    }""",
+    )
     workspace = data["workspaceOrError"]
     assert workspace["__typename"] == "Workspace", workspace
     entries = {entry["name"]: entry for entry in workspace["locationEntries"]}
@@ -334,12 +322,12 @@ def test_asset_catalog_lists_assets_with_their_groups(ui_url: str, page: DevTool
 
     # Each row reads: name, (kind), description, code location, group, status. The group that
     # follows an asset's name, before the next asset's name, must be that asset's group.
-    all_assets = {"/".join(n["assetKey"]["path"])
-                  for n in _graphql(ui_url, "{ assetNodes { assetKey { path } } }")["assetNodes"]}
+    all_assets = {
+        "/".join(n["assetKey"]["path"]) for n in _graphql(ui_url, "{ assetNodes { assetKey { path } } }")["assetNodes"]
+    }
     for asset, group in EXPECTED_ASSETS.items():
         start = lines.index(asset)
-        end = next((i for i in range(start + 1, len(lines)) if lines[i] in all_assets - {asset}),
-                   len(lines))
+        end = next((i for i in range(start + 1, len(lines)) if lines[i] in all_assets - {asset}), len(lines))
         row_groups = [line for line in lines[start:end] if line in GROUPS]
         assert row_groups == [group], f"{asset}: row {lines[start:end]} shows groups {row_groups}"
 
@@ -366,10 +354,19 @@ def test_asset_graph_renders(ui_url: str, page: DevToolsPage, tmp_path: Path) ->
     shot = tmp_path / "asset_graph.png"
     profile = tmp_path / "screenshot-profile"
     proc = subprocess.Popen(
-        [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1600,1000",
-         "--virtual-time-budget=20000", "--hide-scrollbars", f"--screenshot={shot}",
-         _graph_url(ui_url, ["ingestion", "validated"])],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        [
+            str(CHROMIUM),
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            "--window-size=1600,1000",
+            "--virtual-time-budget=20000",
+            "--hide-scrollbars",
+            f"--screenshot={shot}",
+            _graph_url(ui_url, ["ingestion", "validated"]),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
     try:
@@ -377,7 +374,7 @@ def test_asset_graph_renders(ui_url: str, page: DevToolsPage, tmp_path: Path) ->
     except subprocess.TimeoutExpired:
         pytest.fail(f"chromium --screenshot did not finish within {SCREENSHOT_TIMEOUT:.0f}s", pytrace=False)
     finally:
-        _stop_group(proc)
+        ProcessGroup(proc).stop(timeout=15)
     assert shot.exists(), output.decode(errors="replace")[-3000:]
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -389,10 +386,16 @@ def test_asset_graph_renders(ui_url: str, page: DevToolsPage, tmp_path: Path) ->
 
 
 def test_asset_detail_page_shows_description_and_check(ui_url: str, page: DevToolsPage) -> None:
-    lines = page.wait_for(f"{ui_url}/assets/raw_flights", substrings={RAW_FLIGHTS_DESCRIPTION},
-                          lines={"raw_flights", "Description", "ingestion", "raw_airports", "departures"})
+    lines = page.wait_for(
+        f"{ui_url}/assets/raw_flights",
+        substrings={RAW_FLIGHTS_DESCRIPTION},
+        lines={"raw_flights", "Description", "ingestion", "raw_airports", "departures"},
+    )
     assert "Checks" in lines
 
-    lines = page.wait_for(f"{ui_url}/assets/raw_flights?view=checks", lines={"schema"},
-                          substrings={"blocking", "known airports, unique (day, carrier, flight, origin)"})
+    lines = page.wait_for(
+        f"{ui_url}/assets/raw_flights?view=checks",
+        lines={"schema"},
+        substrings={"blocking", "known airports, unique (day, carrier, flight, origin)"},
+    )
     assert "Checks (1)" in lines

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import features as repo
-from flight_delay import features as F
-from flight_delay import model as model_lib
+from features import FLIGHT_DELAY_SERVICE
+from flight_delay.feature_tables import request_time_features
+from flight_delay.flights import LOCAL_TZ
+from flight_delay.model import FLIGHT_DELAY_FEATURES, MODEL_NAME
 from flight_delay.registry import ModelRegistry
-from pipeline.assets.training import MODEL_NAME
-from tests.integration.graph import DAILY, REFERENCE, TRAINING, Graph
+from tests.support.graph import DAILY, REFERENCE, TRAINING, Graph
 
 DAYS = ("2013-01-01", "2013-01-06")
 
@@ -34,15 +34,22 @@ def graph(tmp_path_factory, source_dir) -> Graph:
 def _check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
     return {
         f"{e.asset_check_evaluation_data.asset_key.to_user_string()}": e.asset_check_evaluation_data.passed
-        for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
     }
 
 
 def test_every_check_passes_on_real_days(graph):
     result = graph.run(DAILY, ("2013-01-05", "2013-01-06"))
     checks = _check_results(result)
-    assert set(checks) >= {"raw_flights", "raw_weather", "departures", "origin_1h_departures",
-                           "aircraft_last_departure", "route_28d_delays"}
+    assert set(checks) >= {
+        "raw_flights",
+        "raw_weather",
+        "departures",
+        "origin_1h_departures",
+        "aircraft_last_departure",
+        "route_28d_delays",
+    }
     assert all(checks.values()), checks
 
 
@@ -51,7 +58,7 @@ def test_model_is_registered_with_metrics_and_lineage(graph):
     tags = registry.list(MODEL_NAME)
     assert len(tags) == 1 and registry.champion(MODEL_NAME) == tags[0]
     info = registry.get(tags[0]).info
-    assert info.labels["feature_service"] == repo.FLIGHT_DELAY_SERVICE
+    assert info.labels["feature_service"] == FLIGHT_DELAY_SERVICE
     assert info.labels["train_window"].startswith("2013-01-0")
     assert 0.5 < info.metadata["metrics"]["auc"] <= 1.0
     assert {"auc", "log_loss", "brier"} <= set(info.metadata["baseline_metrics"])
@@ -88,8 +95,15 @@ def test_training_set_never_uses_values_from_after_prediction_time(graph):
     store = graph.resource("feature_store").store()
     entity = pd.DataFrame({"tailnum": [row["tailnum"]], "event_timestamp": [t]})
     offline = graph.data_dir / "offline" / "aircraft_last_departure"
-    future = pd.DataFrame({"tailnum": [row["tailnum"]], "event_timestamp": [t + pd.Timedelta(minutes=1)],
-                           "last_dep_delay": [999.0], "last_dep_unix": [0.0], "flight_date": ["2099-01-01"]})
+    future = pd.DataFrame(
+        {
+            "tailnum": [row["tailnum"]],
+            "event_timestamp": [t + pd.Timedelta(minutes=1)],
+            "last_dep_delay": [999.0],
+            "last_dep_unix": [0.0],
+            "flight_date": ["2099-01-01"],
+        }
+    )
     future["event_timestamp"] = future["event_timestamp"].astype("datetime64[ns, UTC]")
     future.to_parquet(offline / "zz-injected-future.parquet", index=False)
     try:
@@ -106,7 +120,7 @@ def test_online_store_serves_what_training_saw(graph, source_dir, tmp_path):
     """Build a fresh deployment whose online store stops at one prediction time and compare,
     feature by feature, what it serves with the training rows of every flight predicted then."""
     rows = _training_rows(graph)
-    local = rows["event_timestamp"].dt.tz_convert(F.LOCAL_TZ)
+    local = rows["event_timestamp"].dt.tz_convert(LOCAL_TZ)
     busy = rows[(local.dt.strftime("%Y-%m-%d") == "2013-01-06") & (local.dt.hour == 16)]
     t = busy["event_timestamp"].value_counts().idxmax()
     flights = rows[rows["event_timestamp"] == t]
@@ -116,17 +130,20 @@ def test_online_store_serves_what_training_saw(graph, source_dir, tmp_path):
     assert result.success
     store = live.resource("feature_store").store()
     online = store.get_online_features(
-        features=store.get_feature_service(repo.FLIGHT_DELAY_SERVICE),
+        features=store.get_feature_service(FLIGHT_DELAY_SERVICE),
         entity_rows=flights[["origin", "carrier", "tailnum", "route"]].to_dict("records"),
     ).to_df()
-    online = F.request_time_features(online, pd.Series([t] * len(online)))
-    names = [c for c in model_lib.FLIGHT_DELAY_FEATURES.numeric if c in online.columns]
+    online = request_time_features(online, pd.Series([t] * len(online)))
+    names = [c for c in FLIGHT_DELAY_FEATURES.numeric if c in online.columns]
     assert len(names) >= 25
     expected = flights[names].reset_index(drop=True).astype("float64")
     got = online[names].astype("float64")
     assert len(flights) >= 2
-    mismatch = {c: (got[c].tolist(), expected[c].tolist()) for c in names
-                if not np.allclose(got[c], expected[c], rtol=1e-9, equal_nan=True)}
+    mismatch = {
+        c: (got[c].tolist(), expected[c].tolist())
+        for c in names
+        if not np.allclose(got[c], expected[c], rtol=1e-9, equal_nan=True)
+    }
     assert not mismatch, mismatch
     for c in ("plane_manufacturer", "plane_engine"):
         assert online[c].fillna("").tolist() == flights[c].fillna("").tolist()

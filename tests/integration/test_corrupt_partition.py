@@ -5,8 +5,8 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from tests.conftest import write_source
-from tests.integration.graph import REFERENCE, Graph
+from tests.support.graph import REFERENCE, Graph
+from tests.support.source import write_source
 
 BAD_DAY = "2013-01-03"
 
@@ -15,8 +15,8 @@ BAD_DAY = "2013-01-03"
 def corrupt_source(tmp_path, real_flights, real_weather):
     flights = real_flights.copy()
     day = flights.index[(flights["month"] == 1) & (flights["day"] == 3)]
-    flights.loc[day[0], "distance"] = -50.0          # impossible value
-    flights.loc[day[1], "dest"] = "XXX"              # unknown airport
+    flights.loc[day[0], "distance"] = -50.0  # impossible value
+    flights.loc[day[1], "dest"] = "XXX"  # unknown airport
     flights = pd.concat([flights, flights.loc[[day[2]]]], ignore_index=True)  # duplicate flight
     return write_source(tmp_path / "source", flights, real_weather)
 
@@ -36,8 +36,9 @@ def test_corrupt_day_is_blocked(tmp_path, corrupt_source):
 
     result = graph.run(["raw_flights", "departures", "aircraft_last_departure"], (BAD_DAY, BAD_DAY))
     assert not result.success
-    check = [e.asset_check_evaluation_data for e in result.all_events
-             if e.event_type_value == "ASSET_CHECK_EVALUATION"][0]
+    check = [
+        e.asset_check_evaluation_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    ][0]
     assert check.asset_key == dg.AssetKey("raw_flights") and not check.passed
     failures = check.metadata["failures_by_check"].value
     for expected in ("greater_than(0)", "unknown airport code in dest", "multiple_fields_uniqueness"):

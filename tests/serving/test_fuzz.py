@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
-from tests.serving.conftest import ServiceProcess, metric  # noqa: E402
+from tests.support.metrics import metric  # noqa: E402
+from tests.support.servers import ServiceProcess  # noqa: E402
 
 EXAMPLES = {"/predict": 50, "/predict_batch": 40, "/feedback": 30}
 
@@ -32,14 +33,21 @@ def schema(sqlite_server: ServiceProcess):
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=str)
 @pytest.mark.parametrize("path", list(EXAMPLES))
-def test_generated_requests_never_get_a_server_error(schema, sqlite_server: ServiceProcess, path: str,
-                                                     mode: GenerationMode):
+def test_generated_requests_never_get_a_server_error(
+    schema, sqlite_server: ServiceProcess, path: str, mode: GenerationMode
+):
     operation = schema[path]["POST"]
     statuses: list[int] = []
 
-    @settings(max_examples=EXAMPLES[path], derandomize=True, deadline=None, database=None,
-              phases=[Phase.explicit, Phase.generate, Phase.shrink], print_blob=False,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES[path],
+        derandomize=True,
+        deadline=None,
+        database=None,
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+        print_blob=False,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=operation.as_strategy(generation_mode=mode))
     def fuzz(case) -> None:
         response = case.call_and_validate(base_url=sqlite_server.url, checks=[not_a_server_error], timeout=15)

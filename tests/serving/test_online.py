@@ -10,22 +10,34 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
-import features as repo
+from features import FLIGHT_DELAY_SERVICE
 from features.store import build_store
+from flight_delay import data
+from flight_delay.flights import entity_keys, tail_key
 from flight_delay.model import FLIGHT_DELAY_FEATURES as SPEC
-from serving.io import Flight
-from serving.online import OnlineFeatures
-from tests.serving.conftest import PROJECT_ROOT, Deployment, FlightRequest, clone_deployment
+from flight_delay.paths import PROJECT_ROOT
+from serving.api_models import Flight
+from serving.online import FeatureRows, OnlineFeatures, model_inputs
+from tests.support.deployments import Deployment, FlightRequest, clone_deployment
 
-REQUEST_FEATURES = {"dep_hour", "month", "days_to_holiday", "distance", "hours_since_last_dep",
-                    "carrier", "origin", "dest", "weekday"}
+REQUEST_FEATURES = {
+    "dep_hour",
+    "month",
+    "days_to_holiday",
+    "distance",
+    "hours_since_last_dep",
+    "carrier",
+    "origin",
+    "dest",
+    "weekday",
+}
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -38,8 +50,13 @@ def store_of(deployment: Deployment) -> Any:
 
 
 def entity_row(f: Flight) -> dict[str, str]:
-    return {"origin": f.origin, "carrier": f.carrier, "tailnum": f.tailnum or "UNKNOWN",
-            "route": f"{f.origin}-{f.dest}"}
+    return entity_keys(f.origin, f.carrier, f.tailnum, f.dest)
+
+
+def lookup(online: OnlineFeatures, flights: list[Flight], now: datetime) -> tuple[FeatureRows, dict[str, list[Any]]]:
+    """What the service reads for ``flights`` and the model inputs it builds from it."""
+    rows = online.read(flights, now)
+    return rows, model_inputs(flights, rows, SPEC.numeric, SPEC.categorical)
 
 
 def same(a: Any, b: Any) -> bool:
@@ -53,17 +70,18 @@ def test_reader_returns_what_feast_returns(deployment: Deployment, real_requests
     flights = [Flight(**r.body) for r in real_requests[:150]]
     flights.append(Flight(**{**real_requests[0].body, "tailnum": "N0TREAL"}))
     flights.append(Flight(**{**real_requests[0].body, "carrier": "ZZ", "tailnum": None}))
-    online = OnlineFeatures(store, repo.FLIGHT_DELAY_SERVICE, max_staleness=0)
-    got = online.lookup(flights, datetime.now(timezone.utc), SPEC.numeric, SPEC.categorical)
+    online = OnlineFeatures(store, FLIGHT_DELAY_SERVICE, max_staleness=0)
+    got, inputs = lookup(online, flights, datetime.now(UTC))
 
-    service = store.get_feature_service(repo.FLIGHT_DELAY_SERVICE)
+    service = store.get_feature_service(FLIGHT_DELAY_SERVICE)
     want = store.get_online_features(features=service, entity_rows=[entity_row(f) for f in flights]).to_dict(
-        include_event_timestamps=True)
+        include_event_timestamps=True
+    )
     compared = 0
     for column in SPEC.columns:
         if column in REQUEST_FEATURES:
             continue
-        for i, value in enumerate(got.inputs[column]):
+        for i, value in enumerate(inputs[column]):
             expected = want[column][i]
             if expected is None:
                 expected = "" if column in SPEC.categorical else math.nan
@@ -82,52 +100,79 @@ def test_reader_returns_what_feast_returns(deployment: Deployment, real_requests
     assert not any(got.unknown[:-2]), "real flights of the served day are all known"
     # max_staleness=0: every distinct entity is read from the store (repeats within a call are not).
     assert got.reads[("origin_hourly_weather", "store")] == len({f.origin for f in flights})
-    assert got.reads[("aircraft_profile", "store")] == len({f.tailnum or "UNKNOWN" for f in flights})
+    assert got.reads[("aircraft_profile", "store")] == len({tail_key(f.tailnum) for f in flights})
     assert sum(got.reads.values()) == len(flights) * len(online.views)
 
 
-def test_values_past_a_views_ttl_are_served_as_missing(deployment: Deployment,
-                                                       real_requests: list[FlightRequest]):
+def test_values_past_a_views_ttl_are_served_as_missing(deployment: Deployment, real_requests: list[FlightRequest]):
     store = store_of(deployment)
-    online = OnlineFeatures(store, repo.FLIGHT_DELAY_SERVICE, max_staleness=0)
-    body = real_requests[5].body
+    online = OnlineFeatures(store, FLIGHT_DELAY_SERVICE, max_staleness=0)
+    planes = data.read_table("planes")
+    dated = set(planes.loc[planes["year"].notna(), "tailnum"])
+    body = next(r.body for r in real_requests if r.body["tailnum"] in dated)  # a known build year
     later = pd.Timestamp(body["scheduled_departure"]) + pd.Timedelta(days=30)
-    flight = Flight(**{**body, "scheduled_departure": later.isoformat(),
-                       "prediction_time": (later - pd.Timedelta(hours=1)).isoformat()})
-    got = online.lookup([flight], datetime.now(timezone.utc), SPEC.numeric, SPEC.categorical)
+    flight = Flight(
+        **{
+            **body,
+            "scheduled_departure": later.isoformat(),
+            "prediction_time": (later - pd.Timedelta(hours=1)).isoformat(),
+        }
+    )
+    got, inputs = lookup(online, [flight], datetime.now(UTC))
     # Weather lives 3 hours, the activity views a day, the aircraft's last departure a week.
-    for column in ("temp", "origin_1h_departures", "origin_carrier_3h_departures", "last_dep_delay",
-                   "carrier_7d_late_rate", "route_28d_late_rate"):
-        assert math.isnan(got.inputs[column][0]), column
+    for column in (
+        "temp",
+        "origin_1h_departures",
+        "origin_carrier_3h_departures",
+        "last_dep_delay",
+        "carrier_7d_late_rate",
+        "route_28d_late_rate",
+    ):
+        assert math.isnan(inputs[column][0]), column
     assert got.ages[0]["origin_hourly_weather"] > 3 * 3600  # reported however old
-    assert not math.isnan(got.inputs["plane_year"][0]), "aircraft_profile has no TTL"
+    assert not math.isnan(inputs["plane_year"][0]), "aircraft_profile has no TTL"
     assert got.unknown[0] == ["carrier", "origin", "route"]
 
 
-def test_cached_rows_are_served_no_longer_than_max_staleness(serving_deployment: Deployment, tmp_path: Path,
-                                                             real_requests: list[FlightRequest]):
+def test_cached_rows_are_served_no_longer_than_max_staleness(
+    serving_deployment: Deployment, tmp_path: Path, real_requests: list[FlightRequest]
+):
     deployment = clone_deployment(serving_deployment, tmp_path / "data")  # this test writes to the store
     store = store_of(deployment)
     flight = Flight(**real_requests[0].body)
-    now = datetime.now(timezone.utc)
-    cached = OnlineFeatures(store, repo.FLIGHT_DELAY_SERVICE, max_staleness=3600)
-    fresh = OnlineFeatures(store, repo.FLIGHT_DELAY_SERVICE, max_staleness=0)
-    before = cached.lookup([flight], now, SPEC.numeric, SPEC.categorical)
+    now = datetime.now(UTC)
+    cached = OnlineFeatures(store, FLIGHT_DELAY_SERVICE, max_staleness=3600)
+    fresh = OnlineFeatures(store, FLIGHT_DELAY_SERVICE, max_staleness=0)
+    before, before_inputs = lookup(cached, [flight], now)
     assert {source for (_, source) in before.reads} == {"store"}
 
     stamp = flight.prediction_time - timedelta(minutes=5)
-    store.write_to_online_store("origin_hourly_weather", pd.DataFrame({
-        "origin": [flight.origin], "temp": [123.0], "dewp": [1.0], "humid": [1.0], "wind_dir": [1.0],
-        "wind_speed": [1.0], "wind_gust": [None], "precip": [0.0], "pressure": [1000.0], "visib": [10.0],
-        "event_timestamp": [pd.Timestamp(stamp)]}))
+    store.write_to_online_store(
+        "origin_hourly_weather",
+        pd.DataFrame(
+            {
+                "origin": [flight.origin],
+                "temp": [123.0],
+                "dewp": [1.0],
+                "humid": [1.0],
+                "wind_dir": [1.0],
+                "wind_speed": [1.0],
+                "wind_gust": [None],
+                "precip": [0.0],
+                "pressure": [1000.0],
+                "visib": [10.0],
+                "event_timestamp": [pd.Timestamp(stamp)],
+            }
+        ),
+    )
 
-    again = cached.lookup([flight], now, SPEC.numeric, SPEC.categorical)
-    assert again.inputs["temp"] == before.inputs["temp"] != [123.0]
+    again, again_inputs = lookup(cached, [flight], now)
+    assert again_inputs["temp"] == before_inputs["temp"] != [123.0]
     assert {source for (_, source) in again.reads} == {"cache"}
-    read = fresh.lookup([flight], now, SPEC.numeric, SPEC.categorical)
-    assert read.inputs["temp"] == [123.0]
+    read, read_inputs = lookup(fresh, [flight], now)
+    assert read_inputs["temp"] == [123.0]
     assert read.ages[0]["origin_hourly_weather"] == pytest.approx(300.0)
 
     cached.max_staleness = 0.05  # once the row is older than the bound, it is read again
     time.sleep(0.1)
-    assert cached.lookup([flight], now, SPEC.numeric, SPEC.categorical).inputs["temp"] == [123.0]
+    assert lookup(cached, [flight], now)[1]["temp"] == [123.0]

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from tests.serving.conftest import MAX_BATCH, Deployment, FlightRequest, ServiceProcess
+from tests.support.deployments import Deployment, FlightRequest
+from tests.support.servers import MAX_BATCH, ServiceProcess
 
 
 def test_online_features_live_in_redis(redis_deployment: Deployment, redis_url: str):
@@ -20,9 +21,10 @@ def test_online_features_live_in_redis(redis_deployment: Deployment, redis_url: 
     assert not (redis_deployment.data_dir / "feast" / "online.db").exists()
 
 
-def test_both_stores_serve_the_same_predictions(sqlite_server: ServiceProcess, redis_server: ServiceProcess,
-                                                real_requests: list[FlightRequest]):
-    batch = {"flights": [r.body for r in real_requests[100:100 + MAX_BATCH]]}
+def test_both_stores_serve_the_same_predictions(
+    sqlite_server: ServiceProcess, redis_server: ServiceProcess, real_requests: list[FlightRequest]
+):
+    batch = {"flights": [r.body for r in real_requests[100 : 100 + MAX_BATCH]]}
     answers = []
     for server in (sqlite_server, redis_server):
         with server.client() as client:
@@ -39,8 +41,7 @@ def test_both_stores_serve_the_same_predictions(sqlite_server: ServiceProcess, r
         assert a["probability"] == pytest.approx(b["probability"], rel=1e-6, abs=1e-7)
 
 
-def test_readiness_follows_redis(redis_server: ServiceProcess, redis_url: str,
-                                 real_requests: list[FlightRequest]):
+def test_readiness_follows_redis(redis_server: ServiceProcess, redis_url: str, real_requests: list[FlightRequest]):
     """Redis refuses the service (a password is required and its connections are dropped): the
     service stays alive but is not ready; once Redis accepts it again, it is ready and serves."""
     import redis

@@ -20,13 +20,20 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.serving.conftest import (
-    MAX_BATCH, MODEL_NAME, Deployment, FlightRequest, ServiceProcess, clone_deployment, metric,
-    metric_samples, quiet_metrics, settled_metrics, train_candidate,
-)
+from flight_delay.model import MODEL_NAME
+from tests.support.deployments import Deployment, FlightRequest, clone_deployment, train_candidate
+from tests.support.metrics import metric, metric_samples, quiet_metrics, settled_metrics
+from tests.support.servers import MAX_BATCH, ServiceProcess
 
-VIEWS = {"origin_hourly_weather", "origin_1h_departures", "origin_carrier_3h_departures",
-         "aircraft_last_departure", "aircraft_profile", "carrier_7d_delays", "route_28d_delays"}
+VIEWS = {
+    "origin_hourly_weather",
+    "origin_1h_departures",
+    "origin_carrier_3h_departures",
+    "aircraft_last_departure",
+    "aircraft_profile",
+    "carrier_7d_delays",
+    "route_28d_delays",
+}
 
 
 def predict(client: httpx.Client, flight: dict[str, Any]) -> dict[str, Any]:
@@ -60,8 +67,9 @@ def test_predict_scores_a_real_flight(http, served: ServiceProcess, real_request
 
 
 def test_predict_batch_returns_one_prediction_per_flight_in_order(
-        http, served: ServiceProcess, real_requests: list[FlightRequest]):
-    batch = real_requests[10:10 + 40]
+    http, served: ServiceProcess, real_requests: list[FlightRequest]
+):
+    batch = real_requests[10 : 10 + 40]
     response = http.post("/predict_batch", json={"flights": [r.body for r in batch]})
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
@@ -94,34 +102,42 @@ def test_unknown_tail_and_carrier_are_served_and_counted(http, real_requests: li
     assert 0.0 < got_carrier["probability"] < 1.0
 
     name = "flight_delay_unknown_entities_total"
-    after = settled_metrics(http, lambda t: metric(t, name, entity="tailnum") - metric(before, name, entity="tailnum") >= 2
-                            and metric(t, name, entity="carrier") - metric(before, name, entity="carrier") >= 1)
+    after = settled_metrics(
+        http,
+        lambda t: (
+            metric(t, name, entity="tailnum") - metric(before, name, entity="tailnum") >= 2
+            and metric(t, name, entity="carrier") - metric(before, name, entity="carrier") >= 1
+        ),
+    )
     assert metric(after, name, entity="tailnum") - metric(before, name, entity="tailnum") == 2
     assert metric(after, name, entity="carrier") - metric(before, name, entity="carrier") == 1
     assert {"entity", "model_version", "variant"} <= set(metric_samples(after, name)[0])
 
 
-def test_feedback_by_request_id_and_by_flight_key(http, served: ServiceProcess,
-                                                  real_requests: list[FlightRequest]):
+def test_feedback_by_request_id_and_by_flight_key(http, served: ServiceProcess, real_requests: list[FlightRequest]):
     first = predict(http, real_requests[60].body)
-    response = http.post("/feedback", json={"feedback": {"request_id": first["request_id"],
-                                                         "departure_delay_minutes": 20}})
+    response = http.post(
+        "/feedback", json={"feedback": {"request_id": first["request_id"], "departure_delay_minutes": 20}}
+    )
     assert response.status_code == 200, response.text
     result = response.json()
     log_loss, brier = expected_losses(first["probability"], late=True)
     assert result == {
-        "request_id": first["request_id"], "flight_key": first["flight_key"],
-        "model_version": served.deployment.champion, "variant": "champion",
-        "probability": first["probability"], "late": True,
-        "log_loss": pytest.approx(log_loss), "brier": pytest.approx(brier),
+        "request_id": first["request_id"],
+        "flight_key": first["flight_key"],
+        "model_version": served.deployment.champion,
+        "variant": "champion",
+        "probability": first["probability"],
+        "late": True,
+        "log_loss": pytest.approx(log_loss),
+        "brier": pytest.approx(brier),
     }
 
     # By flight key: the latest prediction of that flight answers.
     request = real_requests[61]
     predict(http, request.body)
     latest = predict(http, request.body)
-    response = http.post("/feedback", json={"feedback": {"flight_key": request.key,
-                                                         "departure_delay_minutes": 3}})
+    response = http.post("/feedback", json={"feedback": {"flight_key": request.key, "departure_delay_minutes": 3}})
     assert response.status_code == 200, response.text
     result = response.json()
     log_loss, brier = expected_losses(latest["probability"], late=False)
@@ -137,12 +153,15 @@ def test_feedback_by_request_id_and_by_flight_key(http, served: ServiceProcess,
 
 
 def test_feedback_for_an_unknown_prediction_is_404(http):
-    response = http.post("/feedback", json={"feedback": {"request_id": "0123456789abcdef0123456789abcdef",
-                                                         "departure_delay_minutes": 20}})
+    response = http.post(
+        "/feedback",
+        json={"feedback": {"request_id": "0123456789abcdef0123456789abcdef", "departure_delay_minutes": 20}},
+    )
     assert response.status_code == 404
     assert response.json() == {"error": "no logged prediction for request_id 0123456789abcdef0123456789abcdef"}
-    response = http.post("/feedback", json={"feedback": {"flight_key": "2013-01-06:ZZ9999:EWR",
-                                                         "departure_delay_minutes": 20}})
+    response = http.post(
+        "/feedback", json={"feedback": {"flight_key": "2013-01-06:ZZ9999:EWR", "departure_delay_minutes": 20}}
+    )
     assert response.status_code == 404
     assert "no logged prediction for flight_key 2013-01-06:ZZ9999:EWR" in response.text
 
@@ -184,9 +203,16 @@ def any_client(request: pytest.FixtureRequest) -> Any:
             yield client
 
 
-GOOD = {"carrier": "UA", "flight": 1545, "tailnum": "N14228", "origin": "EWR", "dest": "IAH",
-        "scheduled_departure": "2013-01-06T15:15:00+00:00", "distance": 1400.0,
-        "prediction_time": "2013-01-06T14:15:00+00:00"}
+GOOD = {
+    "carrier": "UA",
+    "flight": 1545,
+    "tailnum": "N14228",
+    "origin": "EWR",
+    "dest": "IAH",
+    "scheduled_departure": "2013-01-06T15:15:00+00:00",
+    "distance": 1400.0,
+    "prediction_time": "2013-01-06T14:15:00+00:00",
+}
 
 
 def _without(d: dict, key: str) -> dict:
@@ -201,28 +227,48 @@ BAD_INPUTS = {
     "lowercase_carrier": ("/predict", {"flight": {**GOOD, "carrier": "u"}}, ["carrier"]),
     "origin_is_dest": ("/predict", {"flight": {**GOOD, "dest": "EWR"}}, ["origin", "dest"]),
     "negative_distance": ("/predict", {"flight": {**GOOD, "distance": -5}}, ["distance"]),
-    "naive_departure": ("/predict", {"flight": {**GOOD, "scheduled_departure": "2013-01-06T15:15:00"}},
-                        ["scheduled_departure", "UTC offset"]),
-    "naive_prediction_time": ("/predict", {"flight": {**GOOD, "prediction_time": "2013-01-06T14:15:00"}},
-                              ["prediction_time", "UTC offset"]),
+    "naive_departure": (
+        "/predict",
+        {"flight": {**GOOD, "scheduled_departure": "2013-01-06T15:15:00"}},
+        ["scheduled_departure", "UTC offset"],
+    ),
+    "naive_prediction_time": (
+        "/predict",
+        {"flight": {**GOOD, "prediction_time": "2013-01-06T14:15:00"}},
+        ["prediction_time", "UTC offset"],
+    ),
     "prediction_after_departure": (
-        "/predict", {"flight": {**GOOD, "prediction_time": "2013-01-06T16:15:00+00:00"}},
-        ["prediction_time", "scheduled_departure"]),
+        "/predict",
+        {"flight": {**GOOD, "prediction_time": "2013-01-06T16:15:00+00:00"}},
+        ["prediction_time", "scheduled_departure"],
+    ),
     "extra_field": ("/predict", {"flight": {**GOOD, "surprise": 1}}, ["surprise"]),
     "extra_field_in_batch": ("/predict_batch", {"flights": [GOOD, {**GOOD, "surprise": 1}]}, ["surprise"]),
     "bad_flight_in_batch": ("/predict_batch", {"flights": [GOOD, {**GOOD, "carrier": "u"}]}, ["carrier"]),
     "empty_batch": ("/predict_batch", {"flights": []}, ["flights"]),
     "batch_not_a_list": ("/predict_batch", {"flights": GOOD}, ["flights"]),
-    "feedback_both_keys": ("/feedback", {"feedback": {"request_id": "0123456789abcdef",
-                                                      "flight_key": "2013-01-06:UA1545:EWR",
-                                                      "departure_delay_minutes": 20}},
-                           ["request_id", "flight_key"]),
-    "feedback_neither_key": ("/feedback", {"feedback": {"departure_delay_minutes": 20}},
-                             ["request_id", "flight_key"]),
-    "feedback_bad_key": ("/feedback", {"feedback": {"flight_key": "yesterday", "departure_delay_minutes": 1}},
-                         ["flight_key"]),
-    "feedback_missing_delay": ("/feedback", {"feedback": {"request_id": "0123456789abcdef"}},
-                               ["departure_delay_minutes"]),
+    "feedback_both_keys": (
+        "/feedback",
+        {
+            "feedback": {
+                "request_id": "0123456789abcdef",
+                "flight_key": "2013-01-06:UA1545:EWR",
+                "departure_delay_minutes": 20,
+            }
+        },
+        ["request_id", "flight_key"],
+    ),
+    "feedback_neither_key": ("/feedback", {"feedback": {"departure_delay_minutes": 20}}, ["request_id", "flight_key"]),
+    "feedback_bad_key": (
+        "/feedback",
+        {"feedback": {"flight_key": "yesterday", "departure_delay_minutes": 1}},
+        ["flight_key"],
+    ),
+    "feedback_missing_delay": (
+        "/feedback",
+        {"feedback": {"request_id": "0123456789abcdef"}},
+        ["departure_delay_minutes"],
+    ),
 }
 
 
@@ -247,7 +293,7 @@ def test_malformed_json_is_a_400(any_client):
 
 
 def test_a_batch_over_the_limit_is_413(any_client, real_requests: list[FlightRequest]):
-    flights = [r.body for r in real_requests[:MAX_BATCH + 1]]
+    flights = [r.body for r in real_requests[: MAX_BATCH + 1]]
     response = any_client.post("/predict_batch", json={"flights": flights})
     assert response.status_code == 413, response.text
     message = response.json()["error"]  # an object, as BentoML's own errors, not a list
@@ -260,8 +306,9 @@ def test_a_batch_over_the_limit_is_413(any_client, real_requests: list[FlightReq
 
 def test_out_of_range_datetimes_are_rejected_not_500(any_client):
     for stamp in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-12:00", "1900-01-01T00:00:00+00:00"):
-        response = any_client.post("/predict", json={"flight": {**GOOD, "scheduled_departure": stamp,
-                                                                "prediction_time": None}})
+        response = any_client.post(
+            "/predict", json={"flight": {**GOOD, "scheduled_departure": stamp, "prediction_time": None}}
+        )
         assert response.status_code == 400, (stamp, response.status_code, response.text)
         assert "scheduled_departure" in response.text
         response = any_client.post("/predict", json={"flight": {**GOOD, "prediction_time": stamp}})
@@ -387,7 +434,7 @@ def test_challenger_split_is_sticky(lifecycle: Lifecycle, real_requests: list[Fl
     seen: dict[str, str] = {}
     with server.client() as client:
         for start in range(0, len(real_requests), MAX_BATCH):
-            chunk = real_requests[start:start + MAX_BATCH]
+            chunk = real_requests[start : start + MAX_BATCH]
             response = client.post("/predict_batch", json={"flights": [r.body for r in chunk]})
             assert response.status_code == 200, response.text
             for request, p in zip(chunk, response.json()["predictions"]):
@@ -421,7 +468,7 @@ def test_prediction_log_survives_graceful_shutdown(lifecycle: Lifecycle, real_re
     finally:
         traffic.stop()
         server.stop(signal.SIGKILL)
-    assert len(server.proc.tree) >= 2, server.proc.tree  # bentoml serve and its worker, at least
+    assert len(server.group.tree) >= 2, server.group.tree  # bentoml serve and its worker, at least
     acknowledged = {rid for _, _, rid in traffic.ok}
     assert len(acknowledged) > 50, (len(acknowledged), traffic.failures[:3])
     with sqlite3.connect(server.deployment.prediction_log) as db:
@@ -432,7 +479,8 @@ def test_prediction_log_survives_graceful_shutdown(lifecycle: Lifecycle, real_re
 
 
 def test_without_a_champion_the_service_is_alive_not_ready_and_says_why(
-        serve, serving_deployment: Deployment, tmp_path, real_requests: list[FlightRequest]):
+    serve, serving_deployment: Deployment, tmp_path, real_requests: list[FlightRequest]
+):
     """A service started before any model is promoted answers 503 with the reason (not BentoML's
     generic message), and serves as soon as a champion is promoted: no restart."""
     empty = clone_deployment(serving_deployment, tmp_path / "data")
@@ -453,16 +501,18 @@ def test_without_a_champion_the_service_is_alive_not_ready_and_says_why(
             assert client.get("/readyz").status_code == 503
             response = client.post("/predict", json={"flight": real_requests[0].body})
             assert response.status_code == 503
-            assert response.json() == {
-                "error": "no champion model is promoted yet; run the pipeline (make demo)"}
+            assert response.json() == {"error": "no champion model is promoted yet; run the pipeline (make demo)"}
 
             empty.registry().promote(MODEL_NAME, serving_deployment.champion, reason="first model")
             # The first model also imports TensorFlow in the worker (switches between loaded
             # models take well under the 5 s of test_champion_switch_without_restart).
             deadline = time.monotonic() + 60
             while (response := client.post("/predict", json={"flight": real_requests[0].body})).status_code != 200:
-                assert time.monotonic() < deadline, ("not serving 60 s after the promotion", response.text,
-                                                     server.log_tail())
+                assert time.monotonic() < deadline, (
+                    "not serving 60 s after the promotion",
+                    response.text,
+                    server.log_tail(),
+                )
                 time.sleep(0.1)
             assert response.json()["model_version"] == serving_deployment.champion
             assert client.get("/readyz").status_code == 200

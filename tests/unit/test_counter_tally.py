@@ -7,7 +7,7 @@ from collections import Counter
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as PromCounter
 
-from serving.metrics import CounterTally
+from serving.telemetry import CounterTally
 
 
 def test_increments_reach_prometheus_on_flush_and_close():

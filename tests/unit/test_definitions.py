@@ -1,6 +1,6 @@
 """The code location loads, every job resolves, and the daily schedule asks for yesterday."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -17,7 +17,15 @@ def test_every_job_loads():
 def test_assets_have_groups_descriptions_and_checks():
     graph = definitions.defs.resolve_asset_graph()
     groups = {graph.get(key).group_name for key in graph.get_all_asset_keys()}
-    assert groups == {"ingestion", "validated", "features", "feature_store", "training", "serving", "monitoring"}
+    assert groups == {
+        "ingestion",
+        "validated",
+        "feature_tables",
+        "feature_store",
+        "training",
+        "packaging",
+        "monitoring",
+    }
     for key in graph.get_all_asset_keys():
         assert graph.get(key).description, f"{key.to_user_string()} has no description"
     checked = {c.asset_key.to_user_string() for c in graph.asset_check_keys}
@@ -35,7 +43,7 @@ def test_prediction_log_is_in_no_job():
 
 def test_daily_schedule_refreshes_the_previous_day():
     schedule = definitions.defs.resolve_schedule_def("feature_refresh_job_schedule")
-    context = dg.build_schedule_context(scheduled_execution_time=datetime(2013, 6, 2, 5, 30, tzinfo=timezone.utc))
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2013, 6, 2, 5, 30, tzinfo=UTC))
     request = list(schedule.evaluate_tick(context).run_requests)[0]
     assert request.partition_key == "2013-06-01"
 

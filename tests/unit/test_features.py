@@ -4,14 +4,28 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flight_delay import features as F
+from flight_delay import feature_tables as F
+from flight_delay.flights import LOCAL_TZ, schedule_features
 
 
 def _departures(rows: list[dict]) -> pd.DataFrame:
     """Raw-like flights rows → prepared departures."""
-    base = {"year": 2013, "month": 1, "day": 1, "dep_time": 0.0, "sched_dep_time": 0, "arr_time": np.nan,
-            "sched_arr_time": 0, "arr_delay": np.nan, "carrier": "UA", "tailnum": "N1",
-            "origin": "EWR", "dest": "IAH", "air_time": np.nan, "distance": 1400.0}
+    base = {
+        "year": 2013,
+        "month": 1,
+        "day": 1,
+        "dep_time": 0.0,
+        "sched_dep_time": 0,
+        "arr_time": np.nan,
+        "sched_arr_time": 0,
+        "arr_delay": np.nan,
+        "carrier": "UA",
+        "tailnum": "N1",
+        "origin": "EWR",
+        "dest": "IAH",
+        "air_time": np.nan,
+        "distance": 1400.0,
+    }
     frame = pd.DataFrame([base | r for r in rows])
     frame["hour"] = frame["sched"].str.slice(11, 13).astype(int)
     frame["minute"] = frame["sched"].str.slice(14, 16).astype(int)
@@ -23,11 +37,13 @@ def _departures(rows: list[dict]) -> pd.DataFrame:
 @pytest.fixture()
 def three_flights() -> pd.DataFrame:
     # UTC times; delays in minutes, the second cancelled.
-    return _departures([
-        {"sched": "2013-01-01T15:00", "dep_delay": 30.0},
-        {"sched": "2013-01-01T15:10", "dep_delay": np.nan, "dep_time": np.nan},
-        {"sched": "2013-01-01T15:20", "dep_delay": 5.0},
-    ])
+    return _departures(
+        [
+            {"sched": "2013-01-01T15:00", "dep_delay": 30.0},
+            {"sched": "2013-01-01T15:10", "dep_delay": np.nan, "dep_time": np.nan},
+            {"sched": "2013-01-01T15:20", "dep_delay": 5.0},
+        ]
+    )
 
 
 def test_prepare_departures_labels_and_timestamps(three_flights):
@@ -41,10 +57,16 @@ def test_origin_activity_counts_only_departures_already_made(three_flights):
     start, end = pd.Timestamp("2013-01-01T15:00", tz="UTC"), pd.Timestamp("2013-01-01T17:00", tz="UTC")
     table = F.departure_activity(three_flights, F.ORIGIN_1H, start, end)
     asof = pd.merge_asof(
-        pd.DataFrame({"event_timestamp": pd.to_datetime(
-            ["2013-01-01T15:20", "2013-01-01T15:25", "2013-01-01T15:30", "2013-01-01T16:26"], utc=True)
-            .astype("datetime64[ns, UTC]")}),
-        table, on="event_timestamp")
+        pd.DataFrame(
+            {
+                "event_timestamp": pd.to_datetime(
+                    ["2013-01-01T15:20", "2013-01-01T15:25", "2013-01-01T15:30", "2013-01-01T16:26"], utc=True
+                ).astype("datetime64[ns, UTC]")
+            }
+        ),
+        table,
+        on="event_timestamp",
+    )
     # 15:20: nothing has left yet, all three are due or waiting: pending counts the 15:00 and 15:10
     # (cancelled) and the 15:20 flight scheduled at this instant.
     assert asof["origin_1h_departures"].tolist() == [0, 1, 2, 1]
@@ -67,24 +89,30 @@ def test_activity_rows_are_emitted_only_on_change(three_flights):
 def test_aircraft_last_departure_is_known_at_actual_departure(three_flights):
     table = F.aircraft_last_departure(three_flights)
     assert table["event_timestamp"].dt.strftime("%H:%M").tolist() == ["15:25", "15:30"]
-    request = pd.DataFrame({"tailnum": ["N1"], "event_timestamp": pd.to_datetime(["2013-01-01T15:28"], utc=True)
-                            .astype("datetime64[ns, UTC]")})
+    request = pd.DataFrame(
+        {
+            "tailnum": ["N1"],
+            "event_timestamp": pd.to_datetime(["2013-01-01T15:28"], utc=True).astype("datetime64[ns, UTC]"),
+        }
+    )
     joined = pd.merge_asof(request, table, on="event_timestamp", by="tailnum")
     # At 15:28 the flight scheduled first (15:00, 30 min late) has not left: its delay is unknown.
     assert joined.loc[0, "last_dep_delay"] == 5.0
 
 
 def test_daily_rates_use_only_previous_days():
-    flights = _departures([
-        {"sched": "2013-01-01T15:00", "dep_delay": 60.0},
-        {"sched": "2013-01-02T15:00", "dep_delay": 0.0, "day": 2},
-    ])
-    table = F.daily_delay_rates(flights, "carrier", 7, "carrier_7d", "2013-01-01", "2013-01-03")
-    by_day = table.set_index(table["event_timestamp"].dt.tz_convert(F.LOCAL_TZ).dt.strftime("%Y-%m-%d"))
+    flights = _departures(
+        [
+            {"sched": "2013-01-01T15:00", "dep_delay": 60.0},
+            {"sched": "2013-01-02T15:00", "dep_delay": 0.0, "day": 2},
+        ]
+    )
+    table = F.daily_delay_rates(flights, F.CARRIER_7D, "2013-01-01", "2013-01-03")
+    by_day = table.set_index(table["event_timestamp"].dt.tz_convert(LOCAL_TZ).dt.strftime("%Y-%m-%d"))
     assert np.isnan(by_day.loc["2013-01-01", "carrier_7d_late_rate"])  # nothing before Jan 1
-    assert by_day.loc["2013-01-02", "carrier_7d_late_rate"] == 1.0     # Jan 1 only, not Jan 2
+    assert by_day.loc["2013-01-02", "carrier_7d_late_rate"] == 1.0  # Jan 1 only, not Jan 2
     assert by_day.loc["2013-01-03", "carrier_7d_late_rate"] == 0.5
-    assert by_day["event_timestamp"].dt.tz_convert(F.LOCAL_TZ).dt.hour.eq(0).all()
+    assert by_day["event_timestamp"].dt.tz_convert(LOCAL_TZ).dt.hour.eq(0).all()
 
 
 def test_prediction_requests_are_made_horizon_before_departure(three_flights):
@@ -97,7 +125,7 @@ def test_prediction_requests_are_made_horizon_before_departure(three_flights):
 
 def test_schedule_features_measure_distance_to_holidays():
     ts = pd.Series(pd.to_datetime(["2013-11-28T17:00", "2013-11-21T17:00", "2013-08-07T17:00"], utc=True))
-    out = F.schedule_features(ts, pd.Series([100.0, 100.0, 100.0]))
+    out = schedule_features(ts, pd.Series([100.0, 100.0, 100.0]))
     assert out["days_to_holiday"].tolist() == [0.0, 7.0, 14.0]  # Thanksgiving, a week before, capped
 
 

@@ -8,46 +8,33 @@ import pandas as pd
 import pytest
 
 from flight_delay import model as M
-
-SPEC = M.FeatureSpec(numeric=("backlog", "noise"), categorical=("carrier",))
-
-
-def _frame(n: int, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    backlog = rng.exponential(3.0, n)
-    carrier = rng.choice(["AA", "UA", "B6"], n)
-    logit = 0.8 * (backlog - 3) + np.where(carrier == "B6", 1.0, 0.0)
-    frame = pd.DataFrame({
-        "backlog": backlog, "noise": rng.normal(size=n), "carrier": carrier,
-        "event_timestamp": pd.date_range("2013-01-01", periods=n, freq="min", tz="UTC"),
-    })
-    frame["is_late"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
-    frame.loc[frame.sample(frac=0.05, random_state=seed).index, "noise"] = np.nan
-    return frame
+from flight_delay.drift import bin_counts
+from flight_delay.forward import NumpyForward, ServingModel
+from tests.support.synthetic import SPEC, synthetic_frame
 
 
 @pytest.fixture(scope="module")
 def trained() -> M.TrainedModel:
     config = M.TrainingConfig(hidden_units=(16,), max_epochs=8, batch_size=256, patience=2)
-    return M.train(_frame(4000, 0), "is_late", SPEC, config)
+    return M.train(synthetic_frame(4000, 0), "is_late", SPEC, config)
 
 
 @pytest.fixture(scope="module")
-def exported(trained, tmp_path_factory) -> M.ServingModel:
+def exported(trained, tmp_path_factory) -> ServingModel:
     path = tmp_path_factory.mktemp("model") / "saved"
     M.export(trained, path)
-    return M.ServingModel(path)
+    return ServingModel(path)
 
 
 def test_learns_the_signal(trained):
-    from flight_delay.metrics import classification_metrics
+    from flight_delay.evaluation import classification_metrics
 
-    test = _frame(2000, 1)
+    test = synthetic_frame(2000, 1)
     assert classification_metrics(test["is_late"], M.predict(trained, test))["auc"] > 0.75
 
 
 def test_exported_model_answers_like_the_trained_one(trained, exported):
-    test = _frame(300, 2)
+    test = synthetic_frame(300, 2)
     np.testing.assert_allclose(exported.predict(test), M.predict(trained, test), atol=1e-5)
 
 
@@ -79,21 +66,21 @@ def test_broken_artifact_gives_a_clear_error(tmp_path: Path, trained):
     M.export(trained, path)
     (path / "saved_model.pb").write_bytes(b"not a protobuf")
     with pytest.raises(ValueError, match="cannot load the SavedModel"):
-        M.ServingModel(path)
+        ServingModel(path)
     with pytest.raises(FileNotFoundError, match="feature_spec.json"):
-        M.ServingModel(tmp_path)
+        ServingModel(tmp_path)
 
 
 def test_training_is_seeded():
     config = M.TrainingConfig(hidden_units=(8,), max_epochs=2, batch_size=256)
-    frame = _frame(1500, 3)
+    frame = synthetic_frame(1500, 3)
     a = M.predict(M.train(frame, "is_late", SPEC, config), frame.head(50))
     b = M.predict(M.train(frame, "is_late", SPEC, config), frame.head(50))
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 def test_single_class_is_refused():
-    frame = _frame(500, 4).assign(is_late=0)
+    frame = synthetic_frame(500, 4).assign(is_late=0)
     with pytest.raises(ValueError, match="single class"):
         M.train(frame, "is_late", SPEC)
 
@@ -104,14 +91,14 @@ def test_single_class_is_refused():
 @pytest.fixture(scope="module")
 def trained_linear() -> M.TrainedModel:
     config = M.TrainingConfig(max_epochs=4, batch_size=256, patience=2)
-    return M.train(_frame(4000, 0), "is_late", SPEC, config, linear=True)
+    return M.train(synthetic_frame(4000, 0), "is_late", SPEC, config, linear=True)
 
 
 @pytest.fixture(scope="module")
 def trained_deep() -> M.TrainedModel:
     """Two hidden layers: the export must not assume how many there are."""
     config = M.TrainingConfig(hidden_units=(16, 8), max_epochs=3, batch_size=256, patience=2)
-    return M.train(_frame(4000, 0), "is_late", SPEC, config)
+    return M.train(synthetic_frame(4000, 0), "is_late", SPEC, config)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +117,7 @@ def _copy(src: Path, tmp_path: Path) -> Path:
 def _hard_rows() -> pd.DataFrame:
     """Test rows with missing numerics (in a column with and one without a NaN indicator),
     unseen, empty and missing categories, and far-out values."""
-    rows = _frame(300, 2)
+    rows = synthetic_frame(300, 2)
     rows.loc[0:9, "backlog"] = np.nan  # no NaN in training: imputed, no indicator
     rows.loc[5:14, "noise"] = np.nan
     rows.loc[20:24, "carrier"] = "ZZ"
@@ -153,8 +140,8 @@ def test_numpy_forward_matches_keras_and_the_savedmodel(which, request, tmp_path
     keras_p = M.predict(trained, rows)
     module = tf.saved_model.load(str(path))  # kept referenced: its variables die with it
     serve_p = module.serve({c: tf.constant(v) for c, v in inputs.items()}).numpy()
-    numpy_p = M.NumpyForward.load(path / M.FORWARD_FILE).predict_inputs(inputs)
-    served = M.ServingModel(path)
+    numpy_p = NumpyForward.load(path / M.FORWARD_FILE).predict_inputs(inputs)
+    served = ServingModel(path)
     assert served.engine == "numpy"
     served_p = served.predict(rows)
 
@@ -185,7 +172,7 @@ def test_forward_file_holds_the_layers_by_name(trained_deep, tmp_path):
     emb = trained_deep.keras_model.get_layer("carrier_embedding").get_weights()[0]
     np.testing.assert_array_equal(arrays["embedding_0"], emb)
     # OOV (unknown, "") is row 0, the vocabulary rows 1..n, as StringLookup(num_oov_indices=1).
-    forward = M.NumpyForward(arrays)
+    forward = NumpyForward(arrays)
     lookup = trained_deep.keras_model.get_layer("carrier_lookup")
     keys = ["AA", "B6", "UA", "ZZ", "", "aa"]
     assert [forward._cats[0][1].get(k, 0) for k in keys] == [int(i) for i in lookup(np.array(keys))]
@@ -194,7 +181,7 @@ def test_forward_file_holds_the_layers_by_name(trained_deep, tmp_path):
 def test_fit_preprocessing_is_json_and_matches_the_training_window(trained):
     import json
 
-    prep = M.fit_preprocessing(_frame(4000, 0).iloc[:3600], SPEC)  # train's 90% fit window
+    prep = M.fit_preprocessing(synthetic_frame(4000, 0).iloc[:3600], SPEC)  # train's 90% fit window
     assert json.loads(json.dumps(prep)) == prep == trained.preprocessing
     assert list(prep["numeric"]) == ["backlog", "noise"]
     assert prep["numeric"]["backlog"]["indicator"] is False
@@ -208,7 +195,7 @@ def test_fit_preprocessing_is_json_and_matches_the_training_window(trained):
 
 
 def test_numpy_forward_edge_inputs(export_dir):
-    forward = M.NumpyForward.load(export_dir / M.FORWARD_FILE)
+    forward = NumpyForward.load(export_dir / M.FORWARD_FILE)
     assert forward.predict_inputs({"backlog": [], "noise": [], "carrier": []}).shape == (0,)
     as_str = forward.predict_inputs({"backlog": [3.0], "noise": [0.1], "carrier": ["UA"]})
     as_bytes = forward.predict_inputs({"backlog": np.array([3.0], np.float32), "noise": [0.1], "carrier": [b"UA"]})
@@ -247,7 +234,7 @@ def test_inconsistent_forward_file_is_refused_at_load(export_dir, tmp_path, chan
     path = _copy(export_dir, tmp_path)
     _rewrite(path, change)
     with pytest.raises(ValueError, match=message) as err:
-        M.ServingModel(path)
+        ServingModel(path)
     assert "forward.npz" in str(err.value)
 
 
@@ -256,7 +243,7 @@ def test_truncated_forward_file_is_refused_at_load(export_dir, tmp_path):
     file = path / M.FORWARD_FILE
     file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
     with pytest.raises(ValueError, match=r"cannot read .*forward\.npz"):
-        M.ServingModel(path)
+        ServingModel(path)
 
 
 @pytest.mark.parametrize(
@@ -271,14 +258,14 @@ def test_forward_file_disagreeing_with_the_savedmodel_is_refused(export_dir, tmp
     path = _copy(export_dir, tmp_path)
     _rewrite(path, change)
     with pytest.raises(ValueError, match="numpy forward pass disagrees with the SavedModel by .*re-export"):
-        M.ServingModel(path)
+        ServingModel(path)
 
 
 def test_model_exported_without_forward_file_is_served_by_tensorflow(export_dir, trained, tmp_path, caplog):
     path = _copy(export_dir, tmp_path)
     (path / M.FORWARD_FILE).unlink()
-    with caplog.at_level("WARNING", logger=M.__name__):
-        served = M.ServingModel(path)
+    with caplog.at_level("WARNING", logger="flight_delay.forward"):
+        served = ServingModel(path)
     assert served.engine == "tensorflow"
     assert sum(M.FORWARD_FILE in r.getMessage() for r in caplog.records) == 1
     rows = _hard_rows()
@@ -289,13 +276,13 @@ def test_trained_model_without_preprocessing_still_exports(trained, tmp_path):
     legacy = M.TrainedModel(trained.keras_model, trained.spec, trained.config, {}, 0, {})  # positional
     M.export(legacy, tmp_path / "saved")
     assert not (tmp_path / "saved" / M.FORWARD_FILE).exists()
-    assert M.ServingModel(tmp_path / "saved").engine == "tensorflow"
+    assert ServingModel(tmp_path / "saved").engine == "tensorflow"
 
 
 def test_bin_counts_small_and_large_inputs_agree():
     edges = [1.0, 2.5, 4.0]
     values = [0.5, 1.0, 2.4, 2.5, 3.9, 4.0, 7.0, float("nan"), -3.0]
     expected = {"0": 2, "1": 2, "2": 2, "3": 2, "missing": 1}  # a value on an edge goes right
-    assert M.bin_counts(edges, values) == expected  # the bisect path (a request's few values)
-    assert M.bin_counts(edges, values * 10) == {k: v * 10 for k, v in expected.items()}  # numpy path
-    assert M.bin_counts(edges, []) == {}
+    assert bin_counts(edges, values) == expected  # the bisect path (a request's few values)
+    assert bin_counts(edges, values * 10) == {k: v * 10 for k, v in expected.items()}  # numpy path
+    assert bin_counts(edges, []) == {}

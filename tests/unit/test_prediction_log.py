@@ -11,12 +11,22 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from flight_delay.prediction_log import read_log
 from pipeline.definitions import build_definitions
-from serving import prediction_log
-from serving.prediction_log import PredictionLog, read_log
+from serving import log_writer
+from serving.log_writer import PredictionLogWriter
 
-BASE = ["request_id", "predicted_at", "flight_key", "model_version", "variant", "probability",
-        "departure_delay_minutes", "late", "feedback_at"]
+BASE = [
+    "request_id",
+    "predicted_at",
+    "flight_key",
+    "model_version",
+    "variant",
+    "probability",
+    "departure_delay_minutes",
+    "late",
+    "feedback_at",
+]
 T0 = 1_700_000_000.0
 
 
@@ -24,20 +34,38 @@ T0 = 1_700_000_000.0
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The log's wall clock, set by the test: ``clock[0] = t``."""
     now = [T0]
-    monkeypatch.setattr(prediction_log, "time", SimpleNamespace(time=lambda: now[0]))
+    monkeypatch.setattr(log_writer, "time", SimpleNamespace(time=lambda: now[0]))
     return now
 
 
 def _write(path: Path, clock: list[float]) -> None:
-    log = PredictionLog(path)
-    log.predicted("r1", "UA_1545_2013-01-01", "flight_delay:aaa", "champion", 0.25,
-                  {"dep_hour": 5, "temp": 39.02, "carrier": "UA", "wind_gust": float("nan")})
+    log = PredictionLogWriter(path)
+    log.predicted(
+        "r1",
+        "UA_1545_2013-01-01",
+        "flight_delay:aaa",
+        "champion",
+        0.25,
+        {"dep_hour": 5, "temp": 39.02, "carrier": "UA", "wind_gust": float("nan")},
+    )
     clock[0] = T0 + 10
-    log.predicted("r2", "AA_1141_2013-01-01", "flight_delay:bbb", "challenger", 0.75,
-                  {"dep_hour": 6, "temp": None, "carrier": None, "wind_gust": 12.5})
+    log.predicted(
+        "r2",
+        "AA_1141_2013-01-01",
+        "flight_delay:bbb",
+        "challenger",
+        0.75,
+        {"dep_hour": 6, "temp": None, "carrier": None, "wind_gust": 12.5},
+    )
     clock[0] = T0 + 20
-    log.predicted("r3", "B6_725_2013-01-01", "flight_delay:aaa", "champion", 0.5,
-                  {"dep_hour": 7, "temp": 40.0, "carrier": "B6", "wind_gust": None})
+    log.predicted(
+        "r3",
+        "B6_725_2013-01-01",
+        "flight_delay:aaa",
+        "champion",
+        0.5,
+        {"dep_hour": 7, "temp": 40.0, "carrier": "B6", "wind_gust": None},
+    )
     clock[0] = T0 + 30
     log.feedback("r1", "UA_1545_2013-01-01", 2.0, False)
     clock[0] = T0 + 40
@@ -88,7 +116,7 @@ def test_since_keeps_later_predictions(tmp_path, clock):
 
 def test_reading_leaves_a_running_writer_alone(tmp_path):
     path = tmp_path / "predictions.db"
-    log = PredictionLog(path, flush_seconds=60)
+    log = PredictionLogWriter(path, flush_seconds=60)
     try:
         log.predicted("a", "k", "m:1", "champion", 0.1, {"x": 1.0})
         log.flush()
@@ -109,7 +137,7 @@ def test_a_missing_file_is_an_empty_log(tmp_path):
 
 def test_an_empty_log_has_the_base_columns(tmp_path):
     path = tmp_path / "predictions.db"
-    PredictionLog(path).close()
+    PredictionLogWriter(path).close()
     frame = read_log(path)
     assert frame.empty and list(frame.columns) == BASE
 

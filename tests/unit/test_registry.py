@@ -11,6 +11,7 @@ def _write(text: str):
     def write(path: Path) -> None:
         path.mkdir(parents=True)
         (path / "weights.txt").write_text(text)
+
     return write
 
 

@@ -10,14 +10,14 @@ import pytest
 from flight_delay import model as M
 from flight_delay.registry import ModelRegistry
 from serving.routing import ModelRouter
-from tests.unit.test_model import SPEC, _frame
+from tests.support.synthetic import SPEC, synthetic_frame
 
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = M.TrainingConfig(hidden_units=(8,), max_epochs=2, batch_size=256, patience=1)
     path = tmp_path_factory.mktemp("router") / "saved"
-    M.export(M.train(_frame(2000, 1), "is_late", SPEC, config), path)
+    M.export(M.train(synthetic_frame(2000, 1), "is_late", SPEC, config), path)
     return path
 
 
@@ -27,6 +27,7 @@ def register(registry: ModelRegistry, export_dir: Path, corrupt: bool = False) -
         if corrupt:
             blob = (target / M.FORWARD_FILE).read_bytes()
             (target / M.FORWARD_FILE).write_bytes(blob[: len(blob) // 2])
+
     return registry.register("m", write, {}, {})
 
 

@@ -1,13 +1,13 @@
-"""A naive baseline for ``serving.bench``: the same service, inference through Keras ``predict``.
+"""A naive baseline for the benchmark: the same service, inference through Keras ``predict``.
 
-``bentoml serve serving.naive:NaiveFlightDelayService`` serves the very same API as
+``bentoml serve bench.naive:NaiveFlightDelayService`` serves the very same API as
 :mod:`serving.service` (pydantic validation, the Feast lookup of :class:`serving.online.OnlineFeatures`,
 champion/challenger routing, the prediction log, metrics): the class subclasses it. The one
 difference is how a model is called: the champion's SavedModel is loaded as a Keras layer
 (``keras.layers.TFSMLayer`` on the ``serve`` endpoint, one named input per feature) wrapped in a
 small functional ``keras.Model``, and every request goes through ``model.predict(...)``, the way a
 Keras model is commonly served. ``predict`` builds a ``tf.data`` pipeline and an epoch iterator on
-each call, which is what the production path (:class:`flight_delay.model.ServingModel`: a numpy
+each call, which is what the production path (:class:`flight_delay.forward.ServingModel`: a numpy
 forward pass over the exported weights, checked against the SavedModel when loaded) avoids. Not
 meant for production; only the benchmark starts it.
 """
@@ -21,7 +21,7 @@ from typing import Any
 
 import bentoml
 
-from serving.service import REQUEST_TIMEOUT_SECONDS, FlightDelayService
+from serving.service import SERVICE_CONFIG, FlightDelayService
 
 with bentoml.importing():
     import numpy as np
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 class KerasPredictModel:
-    """The interface of :class:`flight_delay.model.ServingModel` (``spec``, ``bins``,
+    """The interface of :class:`flight_delay.forward.ServingModel` (``spec``, ``bins``,
     ``predict_inputs``) over a Keras model whose ``predict`` runs once per call."""
 
     def __init__(self, path: Path) -> None:
@@ -64,11 +64,7 @@ class KerasModelRouter(ModelRouter):
         return self._cache[tag]
 
 
-@bentoml.service(
-    name="flight_delay_naive",
-    traffic={"timeout": REQUEST_TIMEOUT_SECONDS},
-    http={"port": 3000},
-)
+@bentoml.service(name="flight_delay_naive", **SERVICE_CONFIG)
 class NaiveFlightDelayService(FlightDelayService.inner):
     """:class:`serving.service.FlightDelayService` with Keras ``model.predict`` per request."""
 
@@ -76,6 +72,7 @@ class NaiveFlightDelayService(FlightDelayService.inner):
         super().__init__()
         s = self.settings
         self.router.close()  # the production router's models are dropped with it
-        self.router = KerasModelRouter(self.registry, s.model_name, s.challenger, s.challenger_weight,
-                                       s.refresh_seconds)
+        self.router = self.scorer.router = KerasModelRouter(
+            self.registry, s.model_name, s.challenger, s.challenger_weight, s.refresh_seconds
+        )
         log.info("naive baseline: Keras model.predict per request")

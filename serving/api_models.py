@@ -1,20 +1,18 @@
-"""Request and response models of the HTTP API."""
+"""Request and response models of the HTTP API (pydantic: validation and the OpenAPI schema)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from zoneinfo import ZoneInfo
+from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from flight_delay.features import LOCAL_TZ
+from flight_delay.flights import FLIGHT_KEY_PATTERN, flight_key, local_date
 
 _CODE = r"^[A-Z0-9]{3}$"
-_LOCAL = ZoneInfo(LOCAL_TZ)
 # Times the service can convert and featurize: outside, converting to local time (the flight key,
 # the schedule features) overflows Python's datetime range and the request would fail with a 500.
-EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
-LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 
 
 class Flight(BaseModel):
@@ -55,8 +53,7 @@ class Flight(BaseModel):
     @property
     def key(self) -> str:
         """Flight key: local departure date, carrier and number, origin (as the pipeline's flight_id)."""
-        day = self.scheduled_departure.astimezone(_LOCAL).strftime("%Y-%m-%d")
-        return f"{day}:{self.carrier}{self.flight}:{self.origin}"
+        return flight_key(local_date(self.scheduled_departure), self.carrier, self.flight, self.origin)
 
 
 class Prediction(BaseModel):
@@ -83,7 +80,7 @@ class Feedback(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     request_id: str | None = Field(default=None, min_length=8, max_length=64)
-    flight_key: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}:[A-Z0-9]{2}\d{1,4}:[A-Z0-9]{3}$")
+    flight_key: str | None = Field(default=None, pattern=FLIGHT_KEY_PATTERN)
     departure_delay_minutes: float = Field(ge=-180, le=48 * 60, description="Observed departure delay.")
 
     @model_validator(mode="after")

@@ -1,4 +1,4 @@
-"""A small HTTP/1.1 load generator for ``serving.bench``: open loop at a fixed rate, or closed loop.
+"""A small HTTP/1.1 load generator for the benchmark: open loop at a fixed rate, or closed loop.
 
 Open loop: request ``i`` is due at ``t0 + i / rate`` whatever happened to earlier requests. A
 dispatcher puts due requests, stamped with their scheduled time, on a queue; a pool of keep-alive
@@ -16,6 +16,7 @@ per tick and reported, so a generator that falls behind shows).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import time
@@ -26,8 +27,10 @@ from dataclasses import dataclass, field
 
 def encode_post(host: str, port: int, path: str, body: bytes) -> bytes:
     """One complete HTTP/1.1 keep-alive POST."""
-    head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"Accept: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Accept: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
     return head.encode("ascii") + body
 
 
@@ -44,7 +47,7 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]
     i = lower.find(b"\r\ncontent-length:")
     if i >= 0:
         j = lower.index(b"\r\n", i + 2)
-        body = await reader.readexactly(int(lower[i + 17:j]))
+        body = await reader.readexactly(int(lower[i + 17 : j]))
     elif b"\r\ntransfer-encoding: chunked" in lower:
         parts = []
         while True:
@@ -156,8 +159,7 @@ async def _exchange(conn: _Conn, data: bytes, result: Result, since: float) -> N
         _record(result, None, None, exc, 0.0)
 
 
-def _record(result: Result, status: int | None, body: bytes | None, exc: BaseException | None,
-            latency: float) -> None:
+def _record(result: Result, status: int | None, body: bytes | None, exc: BaseException | None, latency: float) -> None:
     if exc is not None:
         key = type(exc).__name__
         result.errors[key] += 1
@@ -233,9 +235,110 @@ class _Ticker:
             del self.handle
 
 
-async def open_loop(host: str, port: int, requests: list[bytes], rate: float, duration: float, *,
-                    name: str = "", connections: int = 64, drain_timeout: float = 15.0,
-                    max_backlog_seconds: float = 2.0, drop_late: bool = False) -> Result:
+class _OpenLoop:
+    """The state of one open-loop phase: a dispatcher driven by the ticker hands due requests to
+    idle connections (or queues them), and one worker per connection sends them."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        result: Result,
+        requests: list[bytes],
+        rate: float,
+        max_backlog_seconds: float,
+        drop_late: bool,
+    ) -> None:
+        self.loop, self.result, self.requests, self.rate = loop, result, requests, rate
+        self.max_backlog, self.drop_late = max_backlog_seconds, drop_late
+        self.total = result.scheduled
+        self.backlog: deque[tuple[float, bytes]] = deque()  # due, waiting for a free connection
+        self.idle: deque[asyncio.Future] = deque()  # connections waiting for work
+        self.next = self.pending = 0
+        self.stopped = False
+        self.all_sent = loop.create_future()
+        self.finished = loop.create_future()
+        self.t0 = loop.time() + 0.02
+
+    def hand_out(self, item: tuple[float, bytes] | None) -> bool:
+        while self.idle:
+            fut = self.idle.popleft()
+            if not fut.done():
+                fut.set_result(item)
+                return True
+        return False
+
+    def tick(self) -> None:
+        """Dispatch every request due by now, then deal with a backlog that waited too long."""
+        if self.stopped:
+            return
+        now = self.loop.time()
+        i = self.next
+        due = min(self.total, int((now - self.t0) * self.rate) + 1)
+        if due > i:
+            self.result.dispatch_lags.append(now - (self.t0 + i / self.rate))
+            for j in range(i, due):
+                item = (self.t0 + j / self.rate, self.requests[j % len(self.requests)])
+                if not self.hand_out(item):
+                    self.backlog.append(item)
+            self.pending += due - i
+            self.next = i = due
+        if self.backlog and now - self.backlog[0][0] > self.max_backlog:
+            i = self._shed(now, i)
+        if i >= self.total:
+            self.stopped = True
+            if not self.all_sent.done():
+                self.all_sent.set_result(None)
+
+    def _shed(self, now: float, i: int) -> int:
+        """Drop requests that waited too long (``drop_late``), or stop sending altogether."""
+        if self.drop_late:
+            dropped = 0
+            while self.backlog and now - self.backlog[0][0] > self.max_backlog:
+                self.backlog.popleft()
+                dropped += 1
+            self.pending -= dropped
+            self.result.dropped += dropped
+            return i
+        self.result.aborted = (
+            f"stopped after {now - self.t0:.1f} s: requests waited over "
+            f"{self.max_backlog:g} s for one of {self.result.connections} connections"
+        )
+        self.pending -= len(self.backlog)
+        self.backlog.clear()
+        return self.total
+
+    async def worker(self, conn: _Conn) -> None:
+        while True:
+            if self.backlog:
+                item = self.backlog.popleft()
+            elif self.stopped:
+                return
+            else:
+                fut = self.loop.create_future()
+                self.idle.append(fut)
+                item = await fut
+                if item is None:
+                    return
+            scheduled, data = item
+            await _exchange(conn, data, self.result, since=scheduled)
+            self.pending -= 1
+            if self.stopped and self.pending <= 0 and not self.finished.done():
+                self.finished.set_result(None)
+
+
+async def open_loop(
+    host: str,
+    port: int,
+    requests: list[bytes],
+    rate: float,
+    duration: float,
+    *,
+    name: str = "",
+    connections: int = 64,
+    drain_timeout: float = 15.0,
+    max_backlog_seconds: float = 2.0,
+    drop_late: bool = False,
+) -> Result:
     """``rate`` requests a second for ``duration`` seconds, cycling through ``requests``.
 
     Latency is measured from each request's scheduled time. When due requests have waited
@@ -247,92 +350,23 @@ async def open_loop(host: str, port: int, requests: list[bytes], rate: float, du
     """
     loop = asyncio.get_running_loop()
     result = Result(name, rate, duration, connections)
-    total = max(1, int(round(rate * duration)))
-    result.scheduled = total
-    backlog: deque[tuple[float, bytes]] = deque()  # due, waiting for a free connection
-    idle: deque[asyncio.Future] = deque()  # connections waiting for work
-    state = {"next": 0, "pending": 0, "stop": False}
-    all_sent = loop.create_future()
-    finished = loop.create_future()
-    lags = result.dispatch_lags
+    result.scheduled = max(1, int(round(rate * duration)))
+    state = _OpenLoop(loop, result, requests, rate, max_backlog_seconds, drop_late)
     cpu0 = time.process_time()
-    t0 = loop.time() + 0.02
-
-    def hand_out(item: tuple[float, bytes] | None) -> bool:
-        while idle:
-            fut = idle.popleft()
-            if not fut.done():
-                fut.set_result(item)
-                return True
-        return False
-
-    def tick() -> None:
-        if state["stop"]:
-            return
-        now = loop.time()
-        i = state["next"]
-        due = min(total, int((now - t0) * rate) + 1)
-        if due > i:
-            lags.append(now - (t0 + i / rate))
-            for j in range(i, due):
-                item = (t0 + j / rate, requests[j % len(requests)])
-                if not hand_out(item):
-                    backlog.append(item)
-            state["pending"] += due - i
-            state["next"] = i = due
-        if backlog and now - backlog[0][0] > max_backlog_seconds:
-            if drop_late:
-                dropped = 0
-                while backlog and now - backlog[0][0] > max_backlog_seconds:
-                    backlog.popleft()
-                    dropped += 1
-                state["pending"] -= dropped
-                result.dropped += dropped
-            else:
-                result.aborted = (f"stopped after {now - t0:.1f} s: requests waited over "
-                                  f"{max_backlog_seconds:g} s for one of {connections} connections")
-                state["pending"] -= len(backlog)
-                backlog.clear()
-                i = total
-        if i >= total:
-            state["stop"] = True
-            if not all_sent.done():
-                all_sent.set_result(None)
-
-    async def worker(conn: _Conn) -> None:
-        while True:
-            if backlog:
-                item = backlog.popleft()
-            elif state["stop"]:
-                return
-            else:
-                fut = loop.create_future()
-                idle.append(fut)
-                item = await fut
-                if item is None:
-                    return
-            scheduled, data = item
-            await _exchange(conn, data, result, since=scheduled)
-            state["pending"] -= 1
-            if state["stop"] and state["pending"] <= 0 and not finished.done():
-                finished.set_result(None)
-
     conns = [_Conn(host, port) for _ in range(connections)]
-    tasks = [asyncio.ensure_future(worker(c)) for c in conns]
-    ticker = _Ticker(loop, t0, max(1.0 / rate, 0.0002), tick)
+    tasks = [asyncio.ensure_future(state.worker(c)) for c in conns]
+    ticker = _Ticker(loop, state.t0, max(1.0 / rate, 0.0002), state.tick)
     try:
-        await all_sent
+        await state.all_sent
         ticker.close()
-        result.sent = result.ok + result.failed + state["pending"]
-        if state["pending"] > 0:
-            try:
-                await asyncio.wait_for(asyncio.shield(finished), drain_timeout)
-            except asyncio.TimeoutError:
-                pass
+        result.sent = result.ok + result.failed + state.pending
+        if state.pending > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(state.finished), drain_timeout)
     finally:
         ticker.close()
-        result.elapsed = loop.time() - t0
-        while hand_out(None):
+        result.elapsed = loop.time() - state.t0
+        while state.hand_out(None):
             pass
         for t in tasks:
             t.cancel()
@@ -343,8 +377,9 @@ async def open_loop(host: str, port: int, requests: list[bytes], rate: float, du
     return result
 
 
-async def closed_loop(host: str, port: int, requests: list[bytes], duration: float, *,
-                      name: str = "", connections: int = 2) -> Result:
+async def closed_loop(
+    host: str, port: int, requests: list[bytes], duration: float, *, name: str = "", connections: int = 2
+) -> Result:
     """Each connection sends its next request as soon as the previous answer is in (saturation
     throughput; latency here is per request, queueing excluded by construction).
 
@@ -413,16 +448,17 @@ class _FixedResponse(asyncio.Protocol):
                 return
             head = self.buf[:end].lower()
             i = head.find(b"content-length:")
-            n = int(head[i + 15:].split(b"\r\n")[0]) if i >= 0 else 0
+            n = int(head[i + 15 :].split(b"\r\n")[0]) if i >= 0 else 0
             if len(self.buf) < end + 4 + n:
                 return
-            self.buf = self.buf[end + 4 + n:]
+            self.buf = self.buf[end + 4 + n :]
             self.transport.write(_FIXED)
 
 
 def serve_fixed(host: str, port: int) -> None:
-    """``python -m serving.bench_loadgen HOST PORT``: the trivial server ``serving.bench`` runs
-    its generator against first, to show the latency floor the generator itself adds."""
+    """``python -m bench.loadgen HOST PORT``: the trivial server the benchmark runs its generator
+    against first, to show the latency floor the generator itself adds."""
+
     async def main() -> None:
         server = await asyncio.get_running_loop().create_server(_FixedResponse, host, port)
         await server.serve_forever()

@@ -3,27 +3,47 @@
 Every table here carries an ``event_timestamp``: the moment its values became known. The feature
 store joins them to prediction requests "as of" the prediction time, so a value whose timestamp
 lies after it can never reach a training row or a live prediction. Every function is pure
-(frames in, frames out) and is shared by the pipeline, the service and the tests.
+(frames in, frames out); the column names defined here are the ones the Feast views, the Pandera
+schemas and the model's feature spec use.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from dataclasses import dataclass
-from datetime import date, datetime
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
-from pandas.tseries.holiday import USFederalHolidayCalendar
 
-LOCAL_TZ = "America/New_York"
-LATE_MINUTES = 15.0
+from flight_delay.flights import (
+    LOCAL_TZ,
+    UNKNOWN_TAIL,
+    flight_key,
+    is_late,
+    route,
+    schedule_features,
+    scheduled_departure,
+    tail_key,
+)
+
 MAX_PLAUSIBLE_WIND_MPH = 150.0
 
 WEATHER_COLUMNS: tuple[str, ...] = (
-    "temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip", "pressure", "visib",
+    "temp",
+    "dewp",
+    "humid",
+    "wind_dir",
+    "wind_speed",
+    "wind_gust",
+    "precip",
+    "pressure",
+    "visib",
 )
+AIRCRAFT_PROFILE_NUMERIC: tuple[str, ...] = ("plane_year", "plane_seats", "plane_engines")
+AIRCRAFT_PROFILE_TEXT: tuple[str, ...] = ("plane_manufacturer", "plane_engine")
+AIRCRAFT_LAST_DEPARTURE_COLUMNS: tuple[str, ...] = ("last_dep_delay", "last_dep_unix")
+LAST_DEP_DELAY, LAST_DEP_UNIX = AIRCRAFT_LAST_DEPARTURE_COLUMNS
+# Derived at request time from the last departure's time (see request_time_features).
+HOURS_SINCE_LAST_DEP = "hours_since_last_dep"
 
 
 def _feature_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -39,30 +59,29 @@ def _feature_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 def prepare_departures(raw_flights: pd.DataFrame) -> pd.DataFrame:
     """Raw flights rows → one row per scheduled departure with UTC timestamps and the label.
 
-    ``time_hour`` is the scheduled hour in UTC, so adding the local minute gives the scheduled
-    departure without any daylight-saving ambiguity. Cancelled flights (no departure time) are
+    The flight key, route, tail-number key and scheduled departure are those of
+    :mod:`flight_delay.flights`. Cancelled flights (no departure time) are
     kept with ``cancelled`` set and no label: they never depart, so they still count as waiting
     departures in the congestion features, but there is no delay to learn from.
     """
     f = raw_flights
-    sched = f["time_hour"] + pd.to_timedelta(f["minute"], unit="m")
+    sched = scheduled_departure(f["time_hour"], f["minute"])
     cancelled = f["dep_time"].isna() | f["dep_delay"].isna()
     delay = f["dep_delay"].astype("float64").where(~cancelled)
     actual = sched + pd.to_timedelta(delay, unit="m")
-    flight_date = pd.to_datetime(
-        {"year": f["year"], "month": f["month"], "day": f["day"]}
-    ).dt.strftime("%Y-%m-%d")
+    flight_date = pd.to_datetime({"year": f["year"], "month": f["month"], "day": f["day"]}).dt.strftime("%Y-%m-%d")
     out = pd.DataFrame(
         {
-            "flight_id": flight_date + ":" + f["carrier"].astype(str) + f["flight"].astype(str)
-            + ":" + f["origin"].astype(str),
+            "flight_id": [
+                flight_key(*row) for row in zip(flight_date, f["carrier"].astype(str), f["flight"], f["origin"])
+            ],
             "flight_date": flight_date,
             "carrier": f["carrier"].astype(str),
             "flight": f["flight"].astype("int64"),
-            "tailnum": f["tailnum"].astype("string").fillna("UNKNOWN").astype(str),
+            "tailnum": [tail_key(t) for t in f["tailnum"].astype(object).where(f["tailnum"].notna(), None)],
             "origin": f["origin"].astype(str),
             "dest": f["dest"].astype(str),
-            "route": f["origin"].astype(str) + "-" + f["dest"].astype(str),
+            "route": [route(o, d) for o, d in zip(f["origin"].astype(str), f["dest"].astype(str))],
             "distance": f["distance"].astype("float64"),
             "sched_dep_ts": sched,
             "actual_dep_ts": actual,
@@ -70,7 +89,7 @@ def prepare_departures(raw_flights: pd.DataFrame) -> pd.DataFrame:
             "cancelled": cancelled.astype(bool),
         }
     )
-    out["is_late"] = (delay >= LATE_MINUTES).astype("float64").where(~cancelled)
+    out["is_late"] = is_late(delay).astype("float64").where(~cancelled)
     for c in ("sched_dep_ts", "actual_dep_ts"):
         out[c] = out[c].astype("datetime64[ns, UTC]")
     return out.sort_values(["sched_dep_ts", "flight_id"], kind="stable").reset_index(drop=True)
@@ -78,14 +97,12 @@ def prepare_departures(raw_flights: pd.DataFrame) -> pd.DataFrame:
 
 def origin_hourly_weather(weather: pd.DataFrame) -> pd.DataFrame:
     """Hourly observations per origin airport, known at the observation hour."""
-    out = weather[["origin", "time_hour", *WEATHER_COLUMNS]].rename(
-        columns={"time_hour": "event_timestamp"}
-    )
+    out = weather[["origin", "time_hour", *WEATHER_COLUMNS]].rename(columns={"time_hour": "event_timestamp"})
     out["origin"] = out["origin"].astype(str)
     # An anemometer reading above any recorded surface wind is an instrument error, not weather.
     for col in ("wind_speed", "wind_gust"):
         out[col] = out[col].astype("float64").where(out[col] <= MAX_PLAUSIBLE_WIND_MPH)
-    out = out.astype({c: "float64" for c in WEATHER_COLUMNS})
+    out = out.astype(dict.fromkeys(WEATHER_COLUMNS, "float64"))
     return _feature_table(out, ["origin"])
 
 
@@ -111,13 +128,13 @@ def aircraft_last_departure(departures: pd.DataFrame) -> pd.DataFrame:
     Joined as of a prediction time this is "the most recent departure delay of the same tail
     number", exactly what a stream of departure events would keep per aircraft.
     """
-    d = departures[~departures["cancelled"] & (departures["tailnum"] != "UNKNOWN")]
+    d = departures[~departures["cancelled"] & (departures["tailnum"] != UNKNOWN_TAIL)]
     out = pd.DataFrame(
         {
             "tailnum": d["tailnum"],
             "event_timestamp": d["actual_dep_ts"],
-            "last_dep_delay": d["dep_delay"],
-            "last_dep_unix": d["actual_dep_ts"].astype("int64") / 1e9,
+            LAST_DEP_DELAY: d["dep_delay"],
+            LAST_DEP_UNIX: d["actual_dep_ts"].astype("int64") / 1e9,
             # A flight delayed past midnight still belongs to its scheduled day's partition.
             "flight_date": d["flight_date"],
         }
@@ -180,79 +197,123 @@ def departure_activity(
     cols = activity_columns(spec)
     if len(grid) == 0:
         return pd.DataFrame(columns=[*spec.keys, "event_timestamp", *cols])
-    g = grid.asi8[:, None]
-    window = spec.window.value
+    columns = _DepartureArrays.of(departures)
     frames = []
-    d = departures
-    sched_all = d["sched_dep_ts"].astype("int64").to_numpy()
-    actual_all = d["actual_dep_ts"].astype("int64").to_numpy()
-    nat = actual_all == np.iinfo(np.int64).min
-    delay_all = d["dep_delay"].to_numpy()
-    late_all = d["is_late"].to_numpy()
-    for key, idx in d.groupby(list(spec.keys), sort=True).indices.items():
+    for key, idx in departures.groupby(list(spec.keys), sort=True).indices.items():
         key = key if isinstance(key, tuple) else (key,)
-        sched_k, actual_k, cancel_k = sched_all[idx], actual_all[idx], nat[idx]
-        delay_k, late_k = delay_all[idx], late_all[idx]
-        out = {}
-        # One day of grid at a time keeps the (grid x flights) matrices small.
-        lookback = max(window, spec.pending_window.value if spec.pending_window is not None else 0)
-        lookahead = spec.lookahead.value if spec.lookahead is not None else 0
-        for chunk in np.array_split(np.arange(len(grid)), max(1, len(grid) // 288)):
-            gc = g[chunk]
-            lo, hi = gc[0, 0], gc[-1, 0]
-            near = ((sched_k > lo - lookback) & (sched_k <= hi + lookahead)) | (
-                (actual_k > lo - window) & (actual_k <= hi)
-            )
-            sched, actual, cancel, delay, late = (
-                sched_k[near], actual_k[near], cancel_k[near], delay_k[near], late_k[near]
-            )
-            departed = (~cancel)[None, :] & (actual[None, :] <= gc) & (actual[None, :] > gc - window)
-            n = departed.sum(axis=1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                mean_delay = np.where(n > 0, (departed * np.nan_to_num(delay)).sum(axis=1) / n, np.nan)
-                late_rate = np.where(n > 0, (departed * np.nan_to_num(late)).sum(axis=1) / n, np.nan)
-            values = [n.astype("float64"), mean_delay, late_rate]
-            if spec.pending_window is not None:
-                waiting = (sched[None, :] <= gc) & (sched[None, :] > gc - spec.pending_window.value)
-                not_left = cancel[None, :] | (actual[None, :] > gc)
-                values.append((waiting & not_left).sum(axis=1).astype("float64"))
-            if spec.lookahead is not None:
-                ahead = (sched[None, :] > gc) & (sched[None, :] <= gc + spec.lookahead.value)
-                values.append(ahead.sum(axis=1).astype("float64"))
-            for c, v in zip(cols, values):
-                out.setdefault(c, []).append(v)
-        frame = pd.DataFrame({c: np.concatenate(v) for c, v in out.items()})
+        frame = pd.DataFrame(dict(zip(cols, _activity_on_grid(spec, grid.asi8, columns.take(idx)))))
         frame.insert(0, "event_timestamp", grid)
         for i, k in enumerate(spec.keys):
             frame.insert(i, k, key[i])
-        # NaN != NaN: rows where only NaNs repeat are unchanged too.
-        both_nan = frame[cols].isna() & frame[cols].shift().isna()
-        changed = (frame[cols].ne(frame[cols].shift()) & ~both_nan).any(axis=1)
-        frames.append(frame[changed])
-    result = pd.concat(frames, ignore_index=True)
-    return _feature_table(result, list(spec.keys))
+        frames.append(frame[_changed(frame, cols)])
+    return _feature_table(pd.concat(frames, ignore_index=True), list(spec.keys))
 
 
-def daily_delay_rates(
-    departures: pd.DataFrame, key: str, days: int, prefix: str, start_day: str, end_day: str
-) -> pd.DataFrame:
-    """Per ``key`` and local day D in ``[start_day, end_day]``: late rate and mean delay of the
-    departures that left in the ``days`` local days before D, known at D's local midnight.
+@dataclass(frozen=True)
+class _DepartureArrays:
+    """The columns of departures that activity needs, as int64 nanoseconds and floats."""
 
-    ``departures`` must cover the ``days`` days before ``start_day``.
+    sched: np.ndarray
+    actual: np.ndarray
+    cancelled: np.ndarray
+    delay: np.ndarray
+    late: np.ndarray
+
+    @classmethod
+    def of(cls, departures: pd.DataFrame) -> _DepartureArrays:
+        actual = departures["actual_dep_ts"].astype("int64").to_numpy()
+        return cls(
+            departures["sched_dep_ts"].astype("int64").to_numpy(),
+            actual,
+            actual == np.iinfo(np.int64).min,
+            departures["dep_delay"].to_numpy(),
+            departures["is_late"].to_numpy(),
+        )
+
+    def take(self, idx: np.ndarray) -> _DepartureArrays:
+        return _DepartureArrays(*(a[idx] for a in (self.sched, self.actual, self.cancelled, self.delay, self.late)))
+
+
+def _activity_on_grid(spec: ActivityWindow, grid: np.ndarray, d: _DepartureArrays) -> list[np.ndarray]:
+    """One key's activity columns (in :func:`activity_columns` order) at each grid time."""
+    window = spec.window.value
+    pending = spec.pending_window.value if spec.pending_window is not None else None
+    lookahead = spec.lookahead.value if spec.lookahead is not None else None
+    lookback = max(window, pending or 0)
+    out: list[list[np.ndarray]] = []
+    # One day of grid at a time keeps the (grid x flights) matrices small.
+    for chunk in np.array_split(grid, max(1, len(grid) // 288)):
+        g = chunk[:, None]
+        lo, hi = chunk[0], chunk[-1]
+        near = ((d.sched > lo - lookback) & (d.sched <= hi + (lookahead or 0))) | (
+            (d.actual > lo - window) & (d.actual <= hi)
+        )
+        sched, actual, cancel = d.sched[near], d.actual[near], d.cancelled[near]
+        departed = (~cancel)[None, :] & (actual[None, :] <= g) & (actual[None, :] > g - window)
+        n = departed.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_delay = np.where(n > 0, (departed * np.nan_to_num(d.delay[near])).sum(axis=1) / n, np.nan)
+            late_rate = np.where(n > 0, (departed * np.nan_to_num(d.late[near])).sum(axis=1) / n, np.nan)
+        values = [n.astype("float64"), mean_delay, late_rate]
+        if pending is not None:
+            waiting = (sched[None, :] <= g) & (sched[None, :] > g - pending)
+            not_left = cancel[None, :] | (actual[None, :] > g)
+            values.append((waiting & not_left).sum(axis=1).astype("float64"))
+        if lookahead is not None:
+            ahead = (sched[None, :] > g) & (sched[None, :] <= g + lookahead)
+            values.append(ahead.sum(axis=1).astype("float64"))
+        out.append(values)
+    return [np.concatenate(parts) for parts in zip(*out)]
+
+
+def _changed(frame: pd.DataFrame, cols: list[str]) -> pd.Series:
+    """Rows whose values differ from the row before (NaN equal to NaN), the first row included."""
+    both_nan = frame[cols].isna() & frame[cols].shift().isna()
+    return (frame[cols].ne(frame[cols].shift()) & ~both_nan).any(axis=1)
+
+
+@dataclass(frozen=True)
+class DelayRateWindow:
+    """Late rate and mean delay per ``key`` over the ``days`` local days before each day."""
+
+    prefix: str
+    key: str
+    days: int
+
+    @property
+    def columns(self) -> list[str]:
+        """The feature columns :func:`daily_delay_rates` emits."""
+        return [f"{self.prefix}_departures", f"{self.prefix}_late_rate", f"{self.prefix}_mean_delay"]
+
+
+CARRIER_7D = DelayRateWindow(prefix="carrier_7d", key="carrier", days=7)
+ROUTE_28D = DelayRateWindow(prefix="route_28d", key="route", days=28)
+
+
+def daily_delay_rates(departures: pd.DataFrame, spec: DelayRateWindow, start_day: str, end_day: str) -> pd.DataFrame:
+    """Per key and local day D in ``[start_day, end_day]``: late rate and mean delay of the
+    departures that left in the ``spec.days`` local days before D, known at D's local midnight.
+
+    ``departures`` must cover the ``spec.days`` days before ``start_day``.
     """
+    key, days = spec.key, spec.days
     d = departures[~departures["cancelled"]]
     dep_day = d["actual_dep_ts"].dt.tz_convert(LOCAL_TZ).dt.normalize().dt.tz_localize(None)
     daily = (
-        pd.DataFrame({key: d[key].to_numpy(), "day": dep_day.to_numpy(),
-                      "late": d["is_late"].to_numpy(), "delay": d["dep_delay"].to_numpy()})
+        pd.DataFrame(
+            {
+                key: d[key].to_numpy(),
+                "day": dep_day.to_numpy(),
+                "late": d["is_late"].to_numpy(),
+                "delay": d["dep_delay"].to_numpy(),
+            }
+        )
         .groupby([key, "day"])
         .agg(n=("late", "size"), late=("late", "sum"), delay=("delay", "sum"))
     )
     days_index = pd.date_range(pd.Timestamp(start_day) - pd.Timedelta(days=days), end_day, freq="D")
     keys = daily.index.get_level_values(0).unique()
-    full = daily.reindex(pd.MultiIndex.from_product([keys, days_index], names=[key, "day"]),
-                         fill_value=0.0)
+    full = daily.reindex(pd.MultiIndex.from_product([keys, days_index], names=[key, "day"]), fill_value=0.0)
     # Sum over the `days` days strictly before D: roll, then shift by one day.
     rolled = (
         full.groupby(level=0, group_keys=False)
@@ -260,54 +321,18 @@ def daily_delay_rates(
         .reset_index()
     )
     rolled = rolled[(rolled["day"] >= pd.Timestamp(start_day)) & (rolled["day"] <= pd.Timestamp(end_day))]
+    departures_col, late_rate_col, mean_delay_col = spec.columns
     with np.errstate(invalid="ignore", divide="ignore"):
         out = pd.DataFrame(
             {
                 key: rolled[key].astype(str).to_numpy(),
                 "event_timestamp": rolled["day"].dt.tz_localize(LOCAL_TZ).dt.tz_convert("UTC").to_numpy(),
-                f"{prefix}_departures": rolled["n"].to_numpy(),
-                f"{prefix}_late_rate": np.where(rolled["n"] > 0, rolled["late"] / rolled["n"], np.nan),
-                f"{prefix}_mean_delay": np.where(rolled["n"] > 0, rolled["delay"] / rolled["n"], np.nan),
+                departures_col: rolled["n"].to_numpy(),
+                late_rate_col: np.where(rolled["n"] > 0, rolled["late"] / rolled["n"], np.nan),
+                mean_delay_col: np.where(rolled["n"] > 0, rolled["delay"] / rolled["n"], np.nan),
             }
         )
     return _feature_table(out, [key])
-
-
-_HOLIDAYS: list[date] = [
-    d.date() for d in USFederalHolidayCalendar().holidays(start="2000-01-01", end="2040-12-31")
-]
-_ZONE = ZoneInfo(LOCAL_TZ)
-SCHEDULE_COLUMNS: tuple[str, ...] = ("dep_hour", "weekday", "month", "days_to_holiday", "distance")
-
-
-def schedule_features_row(sched_dep: datetime, distance: float) -> dict[str, float | str]:
-    """Calendar and schedule features of one request, from its own fields (no lookup).
-
-    Plain Python on purpose: the service calls it once per request, where pandas' per-call
-    overhead would cost more than the whole prediction; training maps it over every row.
-    """
-    if sched_dep.tzinfo is None:
-        raise ValueError(f"scheduled departure {sched_dep.isoformat()} has no time zone")
-    local = sched_dep.astimezone(_ZONE)
-    day = local.date()
-    i = bisect_left(_HOLIDAYS, day)
-    gaps = [abs((_HOLIDAYS[j] - day).days) for j in (i - 1, i) if 0 <= j < len(_HOLIDAYS)]
-    return {
-        "dep_hour": local.hour + local.minute / 60.0,
-        "weekday": str(local.weekday()),
-        "month": float(local.month),
-        "days_to_holiday": float(min(min(gaps), 14)),
-        "distance": float(distance),
-    }
-
-
-def schedule_features(sched_dep_ts: pd.Series, distance: pd.Series) -> pd.DataFrame:
-    """:func:`schedule_features_row` over many requests."""
-    rows = [
-        schedule_features_row(ts.to_pydatetime(), d)
-        for ts, d in zip(pd.to_datetime(sched_dep_ts, utc=True), pd.Series(distance).astype("float64"))
-    ]
-    return pd.DataFrame(rows, columns=list(SCHEDULE_COLUMNS), index=sched_dep_ts.index)
 
 
 def prediction_requests(departures: pd.DataFrame, horizon: pd.Timedelta) -> pd.DataFrame:
@@ -334,7 +359,5 @@ def request_time_features(frame: pd.DataFrame, prediction_ts: pd.Series) -> pd.D
     departure. Applied to the training set; the service applies :func:`hours_since` per row."""
     now = pd.to_datetime(prediction_ts, utc=True).astype("int64").to_numpy() / 1e9
     out = frame.copy()
-    out["hours_since_last_dep"] = hours_since(frame["last_dep_unix"].astype("float64").to_numpy(), now)
+    out[HOURS_SINCE_LAST_DEP] = hours_since(frame[LAST_DEP_UNIX].astype("float64").to_numpy(), now)
     return out
-
-

@@ -1,4 +1,4 @@
-"""The deployable prediction service."""
+"""The deployable prediction service: a Bento with the code, pinned dependencies and models."""
 
 import os
 import shutil
@@ -10,13 +10,14 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-from pipeline.assets.training import MODEL_NAME
+from flight_delay.model import MODEL_NAME
+from flight_delay.paths import PROJECT_ROOT
 from pipeline.resources import ModelRegistryResource
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+GROUP = "packaging"
 
 
-@dg.asset(group_name="serving", deps=["model_promotion"], kinds={"bentoml"})
+@dg.asset(group_name=GROUP, deps=["model_promotion"], kinds={"bentoml"})
 def prediction_bento(context: dg.AssetExecutionContext, model_registry: ModelRegistryResource) -> dg.MaterializeResult:
     """Bento of the prediction service: code, dependencies pinned from uv.lock, champion and newer models."""
     registry = model_registry.registry()
@@ -24,7 +25,7 @@ def prediction_bento(context: dg.AssetExecutionContext, model_registry: ModelReg
     if champion is None:
         raise dg.Failure("no champion is promoted yet: materialize model_promotion first")
     versions = registry.list(MODEL_NAME)
-    models = versions[versions.index(champion):]  # the champion and any newer challenger
+    models = versions[versions.index(champion) :]  # the champion and any newer challenger
     # BentoML reads the requirements file only by a relative, non-hidden path inside the context.
     (PROJECT_ROOT / "build").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=PROJECT_ROOT / "build") as tmp:
@@ -34,7 +35,10 @@ def prediction_bento(context: dg.AssetExecutionContext, model_registry: ModelReg
             raise dg.Failure("uv is needed to export the pinned requirements from uv.lock; install it (pip install uv)")
         subprocess.run(
             [uv, "export", "--frozen", "--no-dev", "--no-hashes", "--no-emit-project", "-o", str(requirements)],
-            cwd=PROJECT_ROOT, check=True, capture_output=True, text=True,
+            cwd=PROJECT_ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         spec = yaml.safe_load((PROJECT_ROOT / "serving" / "bentofile.yaml").read_text())
         spec["python"] = {**spec.get("python", {}), "requirements_txt": str(requirements.relative_to(PROJECT_ROOT))}
@@ -44,7 +48,10 @@ def prediction_bento(context: dg.AssetExecutionContext, model_registry: ModelReg
         env = dict(os.environ, BENTOML_HOME=str(registry.home), BENTOML_DO_NOT_TRACK="true")
         proc = subprocess.run(
             [sys.executable, "-m", "bentoml", "build", "-f", str(bentofile), "--output", "tag", str(PROJECT_ROOT)],
-            cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+            cwd=PROJECT_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
         )
     if proc.returncode != 0:
         raise dg.Failure(f"bentoml build failed: {proc.stderr[-2000:] or proc.stdout[-2000:]}")
@@ -52,11 +59,13 @@ def prediction_bento(context: dg.AssetExecutionContext, model_registry: ModelReg
     bento_dir = registry.home / "bentos" / tag.replace(":", "/")
     size = sum(p.stat().st_size for p in bento_dir.rglob("*") if p.is_file()) if bento_dir.exists() else 0
     context.log.info(f"built {tag} with models {models}")
-    return dg.MaterializeResult(metadata={
-        "bento_tag": tag,
-        "models": dg.MetadataValue.json(models),
-        "champion": champion,
-        "path": str(bento_dir),
-        "size_mb": dg.MetadataValue.float(round(size / 1e6, 2)),
-        "serve": f"BENTOML_HOME={registry.home} bentoml serve {tag}",
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "bento_tag": tag,
+            "models": dg.MetadataValue.json(models),
+            "champion": champion,
+            "path": str(bento_dir),
+            "size_mb": dg.MetadataValue.float(round(size / 1e6, 2)),
+            "serve": f"BENTOML_HOME={registry.home} bentoml serve {tag}",
+        }
+    )

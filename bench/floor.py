@@ -1,0 +1,51 @@
+"""The benchmark's floor: a BentoML service with the prediction service's API and server
+settings that does nothing else.
+
+``predict`` parses a :class:`serving.api_models.Flight` and answers a
+:class:`serving.api_models.Prediction`-shaped body; ``predict_batch`` the same per flight. No
+features, no model, no log, no metrics of its own. Measured in the same run, with the same
+worker count, it says what the framework and the machine cost, so the service's figures can be
+judged as ratios to it, whatever machine the benchmark runs on. Only the benchmark starts it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Annotated
+
+import bentoml
+from pydantic import Field
+
+from serving.api_models import BatchPredictions, Flight, Prediction
+from serving.service import MAX_BATCH_SCHEMA, SERVICE_CONFIG
+
+_ids = itertools.count()
+
+
+def _answer(flight: Flight) -> Prediction:
+    return Prediction.model_construct(
+        request_id=f"{next(_ids):032x}",
+        flight_key=flight.key,
+        probability=0.0,
+        delayed=False,
+        threshold=0.5,
+        model_version="floor:0",
+        variant="champion",
+        feature_age_seconds={},
+        unknown=[],
+    )
+
+
+@bentoml.service(name="flight_delay_floor", **SERVICE_CONFIG)
+class FloorService:
+    """The prediction service's API over nothing: parse, answer."""
+
+    @bentoml.api
+    async def predict(self, flight: Flight) -> Prediction:
+        return _answer(flight)
+
+    @bentoml.api
+    async def predict_batch(
+        self, flights: Annotated[list[Flight], Field(min_length=1, max_length=MAX_BATCH_SCHEMA)]
+    ) -> BatchPredictions:
+        return BatchPredictions(predictions=[_answer(f) for f in flights])

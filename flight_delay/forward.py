@@ -1,0 +1,319 @@
+"""The exported network served without a TensorFlow call per request.
+
+``forward.npz`` (written by :func:`flight_delay.model.export`) holds the network's preprocessing
+and weights as plain arrays; :class:`NumpyForward` runs the forward pass in numpy, in float32 like
+TensorFlow. :class:`ServingModel` loads an exported model for serving: the SavedModel (the
+canonical artifact) is checked against the numpy pass on a probe batch when the model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import repeat
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from flight_delay.model import (
+    FORWARD_FILE,
+    FORWARD_FORMAT_VERSION,
+    PACKED_ENDPOINT,
+    PARITY_TOLERANCE,
+    SERVING_ENDPOINT,
+    FeatureSpec,
+    to_model_inputs,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0, out=x)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # 1 / (1 + exp(-x)), in place. Clamping at -88 keeps exp(88) below float32's max (no
+    # overflow, and p < 1e-38 there anyway); large positive x just underflows exp to 0 (p = 1).
+    np.maximum(x, -88.0, out=x)
+    np.negative(x, out=x)
+    np.exp(x, out=x)
+    x += 1
+    return np.reciprocal(x, out=x)
+
+
+def _linear(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"relu": _relu, "sigmoid": _sigmoid, "linear": _linear}
+
+
+class _Arrays:
+    """Typed access to the arrays of a ``forward.npz``: every read checks kind, rank and values."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], source: str) -> None:
+        self.arrays, self.source = arrays, source
+
+    def fail(self, what: str) -> ValueError:
+        return ValueError(f"{self.source}: {what}; re-export the model")
+
+    def get(self, key: str, kind: str, ndim: int) -> np.ndarray:
+        if key not in self.arrays:
+            raise self.fail(f"{key!r} is missing")
+        a = np.asarray(self.arrays[key])
+        if a.dtype.kind not in kind or a.ndim != ndim:
+            raise self.fail(f"{key!r} is a {a.ndim}-d {a.dtype} array, expected {ndim}-d of kind {kind!r}")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise self.fail(f"{key!r} holds non-finite values")
+        return a
+
+    def names(self, key: str) -> tuple[str, ...]:
+        return tuple(str(c) for c in self.get(key, "U", 1))
+
+
+@dataclass(frozen=True)
+class _Dense:
+    kernel: np.ndarray
+    bias: np.ndarray
+    activation: Callable[[np.ndarray], np.ndarray]
+
+
+class NumpyForward:
+    """The exported network's forward pass in numpy, in float32 like TensorFlow.
+
+    Built from ``forward.npz`` (:func:`flight_delay.model.forward_arrays`); every shape is checked
+    when it is loaded. Stateless after construction, so safe to call from several threads.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], source: str = "<arrays>") -> None:
+        self.source = source
+        a = _Arrays(arrays, source)
+        version = a.get("format_version", "iu", 0)
+        if int(version) != FORWARD_FORMAT_VERSION:
+            raise a.fail(f"format version {int(version)}, expected {FORWARD_FORMAT_VERSION}")
+        self.numeric: tuple[str, ...] = a.names("numeric_names")
+        self.categorical: tuple[str, ...] = a.names("categorical_names")
+        self._read_preprocessing(a)
+        self._read_embeddings(a)
+        width = len(self.numeric) + int(self.indicator.sum()) + sum(e.shape[1] for e in self.embeddings)
+        self.layers = self._read_layers(a, width)
+        self._plan_input_layout()
+
+    def _read_preprocessing(self, a: _Arrays) -> None:
+        k = len(self.numeric)
+        mean, std = a.get("numeric_mean", "f", 1), a.get("numeric_std", "f", 1)
+        indicator = a.get("numeric_indicator", "b", 1)
+        for key, values in (("numeric_mean", mean), ("numeric_std", std), ("numeric_indicator", indicator)):
+            if values.shape != (k,):
+                raise a.fail(f"{key!r} has shape {values.shape}, expected ({k},) (one per numeric column)")
+        if (std <= 0).any():
+            raise a.fail("'numeric_std' must be positive")
+        # float32 like the graph, where the Python float constants are float32 tensors.
+        self.mean = mean.astype(np.float32)
+        self.std = std.astype(np.float32)
+        self.indicator = indicator.astype(bool)
+
+    def _read_embeddings(self, a: _Arrays) -> None:
+        self.vocabularies: list[tuple[str, ...]] = []
+        self.embeddings: list[np.ndarray] = []
+        for i, c in enumerate(self.categorical):
+            vocab = a.names(f"vocabulary_{i}")
+            emb = a.get(f"embedding_{i}", "f", 2).astype(np.float32)
+            if emb.shape[0] != len(vocab) + 1 or emb.shape[1] < 1:
+                raise a.fail(
+                    f"'embedding_{i}' ({c}) has shape {emb.shape}, expected ({len(vocab) + 1}, dim >= 1)"
+                    f" for a vocabulary of {len(vocab)} plus the out-of-vocabulary row"
+                )
+            self.vocabularies.append(vocab)
+            self.embeddings.append(emb)
+
+    @staticmethod
+    def _read_layers(a: _Arrays, width: int) -> list[_Dense]:
+        names = a.get("layer_names", "U", 1)
+        activations = a.get("activations", "U", 1)
+        if len(names) == 0 or activations.shape != names.shape:
+            raise a.fail(f"{len(names)} layer names and {len(activations)} activations, expected as many, >= 1")
+        layers = []
+        for j, (name, act) in enumerate(zip(names, activations)):
+            kernel = a.get(f"kernel_{j}", "f", 2).astype(np.float32)
+            bias = a.get(f"bias_{j}", "f", 1).astype(np.float32)
+            expected = (width, 1) if j == len(names) - 1 else (width, kernel.shape[1])
+            if kernel.shape != expected:
+                raise a.fail(f"'kernel_{j}' ({name}) has shape {kernel.shape}, expected {expected}")
+            if bias.shape != (kernel.shape[1],):
+                raise a.fail(f"'bias_{j}' ({name}) has shape {bias.shape}, expected ({kernel.shape[1]},)")
+            if str(act) not in _ACTIVATIONS:
+                raise a.fail(f"layer {name} has activation {act!r}, expected one of {sorted(_ACTIVATIONS)}")
+            layers.append(_Dense(kernel, bias, _ACTIVATIONS[str(act)]))
+            width = kernel.shape[1]
+        return layers
+
+    def _plan_input_layout(self) -> None:
+        """Hot-path precomputations: column vectors for broadcasting over (columns, rows), where
+        each numeric value and indicator lands in the concatenated features, and dict lookups."""
+        self._mean_col = self.mean[:, None]
+        self._std_col = self.std[:, None]
+        self._value_pos = np.empty(len(self.numeric), dtype=np.intp)
+        ind_pos, pos = [], 0
+        for i in range(len(self.numeric)):
+            self._value_pos[i] = pos
+            pos += 1
+            if self.indicator[i]:
+                ind_pos.append(pos)
+                pos += 1
+        self._ind_pos = np.array(ind_pos, dtype=np.intp)
+        self._ind_rows = np.flatnonzero(self.indicator)
+        self._has_ind = bool(len(ind_pos))
+        self._width = self.layers[0].kernel.shape[0]
+        self._cats = []
+        for c, vocab, emb in zip(self.categorical, self.vocabularies, self.embeddings):
+            lookup: dict[Any, int] = {}
+            for j, v in enumerate(vocab, start=1):
+                lookup[v] = j
+                lookup[v.encode("utf-8")] = j  # TF strings are bytes: b"AA" is "AA" there too
+            self._cats.append((c, lookup, emb, slice(pos, pos + emb.shape[1])))
+            pos += emb.shape[1]
+
+    @classmethod
+    def load(cls, path: Path) -> NumpyForward:
+        """Read and check ``forward.npz``; any unreadable or inconsistent file is a ValueError."""
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {key: npz[key] for key in npz.files}  # reads (and CRC-checks) every array
+        except Exception as exc:
+            raise ValueError(
+                f"cannot read {path}: {type(exc).__name__}: {exc}; "
+                "expected an .npz written by flight_delay.model.export"
+            ) from exc
+        return cls(arrays, source=str(path))
+
+    def predict_inputs(self, inputs: dict[str, Any]) -> np.ndarray:
+        """Probabilities (float64) for named input columns: numerics as floats (NaN = missing),
+        categories as strings (unknown or ``""`` → the out-of-vocabulary row)."""
+        if self.numeric:
+            num = np.array([inputs[c] for c in self.numeric], dtype=np.float32)
+            if num.ndim != 2:
+                raise ValueError(f"numeric inputs must be equal-length 1-d columns, got shape {num.shape}")
+            n = num.shape[1]
+        else:
+            n = len(inputs[self.categorical[0]]) if self.categorical else 0
+        x = np.empty((n, self._width), dtype=np.float32)
+        if self.numeric:
+            isnan = np.isnan(num)
+            z = (np.where(isnan, self._mean_col, num) - self._mean_col) / self._std_col
+            x[:, self._value_pos] = z.T
+            if self._has_ind:
+                x[:, self._ind_pos] = isnan[self._ind_rows].T
+        for c, lookup, emb, where in self._cats:
+            col = inputs[c]
+            if len(col) != n:
+                raise ValueError(f"input column {c!r} has {len(col)} values, expected {n}")
+            x[:, where] = emb.take(np.fromiter(map(lookup.get, col, repeat(0)), np.intp, n), axis=0)
+        for layer in self.layers:
+            x = x @ layer.kernel
+            x += layer.bias
+            x = layer.activation(x)
+        return x[:, 0].astype(np.float64)
+
+    def probe_inputs(self) -> dict[str, list[Any]]:
+        """Eight rows that exercise every path: zeros, all missing, means, ±std, far out, known,
+        unknown and empty categories."""
+        mean, std = self.mean.astype(np.float64), self.std.astype(np.float64)
+        rows = [
+            np.zeros_like(mean),
+            np.full_like(mean, np.nan),
+            mean,
+            mean + std,
+            mean - 2 * std,
+            mean + 10 * std,
+            -np.abs(mean) - 5 * std,
+            np.where(np.arange(len(mean)) % 2 == 0, np.nan, mean - std),
+        ]
+        inputs: dict[str, list[Any]] = {c: [float(r[i]) for r in rows] for i, c in enumerate(self.numeric)}
+        for j, (c, vocab) in enumerate(zip(self.categorical, self.vocabularies)):
+            known = list(vocab) or [""]
+            unseen = "\x00unseen category"
+            inputs[c] = [
+                known[0],
+                "",
+                unseen,
+                known[-1],
+                known[len(known) // 2],
+                known[(1 + j) % len(known)],
+                "",
+                unseen if j % 2 else known[0],
+            ]
+        return inputs
+
+
+class ServingModel:
+    """A loaded model. The SavedModel is always loaded (the canonical artifact, checked on load);
+    predictions come from the numpy forward pass of ``forward.npz`` when the export has one and it
+    agrees with the SavedModel on a probe batch, else from one TF graph call per batch."""
+
+    def __init__(self, path: Path) -> None:
+        path = Path(path)
+        spec_file = path / "feature_spec.json"
+        if not spec_file.exists():
+            raise FileNotFoundError(f"{spec_file} is missing: expected a model exported by flight_delay.model.export")
+        self.spec = FeatureSpec.from_json(json.loads(spec_file.read_text()))
+        self._serve = self._load_saved_model(path)
+        bins_file = path / "feature_bins.json"
+        self.bins: dict[str, list[float]] = json.loads(bins_file.read_text()) if bins_file.exists() else {}
+        self._numpy: NumpyForward | None = None
+        self.engine = "tensorflow"
+        forward_file = path / FORWARD_FILE
+        if not forward_file.exists():
+            log.warning(
+                "%s has no %s (exported before the numpy forward pass): serving it with TensorFlow", path, FORWARD_FILE
+            )
+            return
+        forward = NumpyForward.load(forward_file)
+        if forward.numeric != self.spec.numeric or forward.categorical != self.spec.categorical:
+            raise ValueError(f"{forward_file}: its columns differ from {spec_file}; re-export the model")
+        probe = forward.probe_inputs()
+        diff = float(np.max(np.abs(self._predict_tf(probe) - forward.predict_inputs(probe))))
+        if not diff <= PARITY_TOLERANCE:  # NaN fails too
+            raise ValueError(
+                f"the model at {path}: numpy forward pass disagrees with the SavedModel by {diff}; re-export the model"
+            )
+        self._numpy = forward
+        self.engine = "numpy"
+
+    def _load_saved_model(self, path: Path) -> Any:
+        """The packed endpoint as a concrete function (it skips tf.function's per-call signature
+        matching)."""
+        import tensorflow as tf
+
+        try:
+            module = tf.saved_model.load(str(path))
+        except Exception as exc:  # the message of TF's own error is long and vague
+            raise ValueError(f"cannot load the SavedModel at {path}: {exc}") from exc
+        for endpoint in (SERVING_ENDPOINT, PACKED_ENDPOINT):
+            if not hasattr(module, endpoint):
+                raise ValueError(f"the SavedModel at {path} has no {endpoint!r} endpoint; re-export it")
+        self._module, self._tf = module, tf
+        return getattr(module, PACKED_ENDPOINT).get_concrete_function(
+            tf.TensorSpec([None, len(self.spec.numeric)], tf.float32),
+            tf.TensorSpec([None, len(self.spec.categorical)], tf.string),
+        )
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.predict_inputs(to_model_inputs(frame, self.spec))
+
+    def predict_inputs(self, inputs: dict[str, Any]) -> np.ndarray:
+        """Probabilities for named input columns (lists or arrays): numpy, else one graph call."""
+        if self._numpy is not None:
+            return self._numpy.predict_inputs(inputs)
+        return self._predict_tf(inputs)
+
+    def _predict_tf(self, inputs: dict[str, Any]) -> np.ndarray:
+        tf = self._tf
+        numbers = np.array([inputs[c] for c in self.spec.numeric], dtype=np.float32).T
+        categories = np.array([inputs[c] for c in self.spec.categorical], dtype=object).T
+        return self._serve(tf.constant(numbers), tf.constant(categories, dtype=tf.string)).numpy().astype("float64")

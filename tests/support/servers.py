@@ -1,0 +1,89 @@
+"""The prediction service as a real ``bentoml serve`` process in the tests, and a throwaway
+Redis, both on :mod:`bench.harness` (the benchmark's own harness)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench.harness import ProcessGroup, ServerProcess, free_port
+from tests.support.deployments import Deployment
+
+MAX_BATCH = 50  # FLIGHT_DELAY_MAX_BATCH of the servers under test
+READY_TIMEOUT = 120.0  # seconds for a server to answer /readyz on a busy two-core machine
+SERVICE = "serving.service:FlightDelayService"
+
+
+class ServiceProcess(ServerProcess):
+    """The service over one deployment, with its own BENTOML_HOME (``bentoml serve`` wipes
+    ``$BENTOML_HOME/prometheus_multiproc_dir`` when it starts, which would blank the metrics of any
+    other server sharing it) and the given ``FLIGHT_DELAY_*`` settings."""
+
+    def __init__(self, name: str, deployment: Deployment, workdir: Path, **settings: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLIGHT_DELAY_")}
+        env.update(
+            BENTOML_HOME=str(workdir / f"{name}-bentoml-home"),
+            BENTOML_DO_NOT_TRACK="True",
+            TF_CPP_MIN_LOG_LEVEL="2",
+            FLIGHT_DELAY_DATA_DIR=str(deployment.data_dir),
+            FLIGHT_DELAY_MAX_BATCH=str(MAX_BATCH),
+        )
+        if deployment.online_store:
+            env["FLIGHT_DELAY_ONLINE_STORE"] = deployment.online_store
+        env.update({f"FLIGHT_DELAY_{k.upper()}": v for k, v in settings.items()})
+        super().__init__(SERVICE, env, workdir / f"{name}.log", name=name)
+        self.deployment = deployment
+
+    @property
+    def store(self) -> str:
+        return "redis" if self.deployment.online_store else "sqlite"
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> ServiceProcess:
+        try:
+            super().wait_ready(timeout)
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+        return self
+
+    def client(self, timeout: float = 30.0) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout)
+
+
+class RedisServer:
+    """A real, throwaway redis-server on a free loopback port (no persistence)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.log_path = workdir / "redis.log"
+        self.group: ProcessGroup | None = None
+
+    def start(self) -> RedisServer:
+        import redis
+
+        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not Path(exe).exists():
+            pytest.fail("redis-server is not installed: apt-get install redis-server")
+        self.group = ProcessGroup.start(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], self.log_path
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if redis.Redis.from_url(self.url, socket_timeout=1).ping():
+                    return self
+            except redis.ConnectionError:
+                pass
+            if self.group.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"redis-server did not start: {self.log_path.read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.group is not None:
+            self.group.stop(timeout=10)
