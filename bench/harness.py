@@ -235,13 +235,17 @@ class ServerProcess:
     """``bentoml serve <target>`` on a free loopback port, in its own process group, with its own
     environment; ready once ``/readyz`` answers 200."""
 
-    def __init__(self, target: str, env: dict[str, str], log_path: Path, name: str | None = None) -> None:
+    def __init__(
+        self, target: str, env: dict[str, str], log_path: Path, name: str | None = None, workers: int | None = None
+    ) -> None:
         self.target, self.env, self.log_path = target, env, log_path
+        self.workers = workers  # how many worker processes to wait for (None: the first is enough)
         self.name = name or target
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.group: ProcessGroup | None = None
-        self.worker_pids: list[int] = []
+        self.started_workers: set[int] = set()
+        self.restarted = False  # a worker was replaced while it served (see check_workers)
 
     def start(self) -> ServerProcess:
         command = [*bentoml_command(), "serve", self.target, "--host", HOST, "--port", str(self.port)]
@@ -252,9 +256,14 @@ class ServerProcess:
         self.group = ProcessGroup.start(command, self.log_path, cwd=PROJECT_ROOT, env=env)
         return self
 
-    def wait_ready(self, timeout: float = 240.0) -> ServerProcess:
-        """Block until ``/readyz`` answers 200; raise (after stopping the server) with the log's tail
-        when the server exits or is not ready within ``timeout`` seconds."""
+    def wait_ready(self, timeout: float = 240.0, workers: int | None = None) -> ServerProcess:
+        """Block until ``/readyz`` answers 200 and, with ``workers``, until that many worker
+        processes have started the service; raise (after stopping the server) with the log's tail
+        when the server exits or is not ready within ``timeout`` seconds.
+
+        Workers share the listening socket and only a started one accepts, so ``/readyz`` answers
+        as soon as the first is up: a worker still starting (or restarting after a failed start)
+        is seen in the log, where BentoML says "Service <name> initialized" once per worker."""
         assert self.group is not None, "start() first"
         deadline = time.monotonic() + timeout
         while True:
@@ -262,20 +271,42 @@ class ServerProcess:
                 code = self.group.proc.returncode
                 self.stop()
                 raise RuntimeError(f"{self.name}: bentoml serve exited with {code}:\n{self.log_tail()}")
-            try:
-                if http_get(self.port, "/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
+            if self._ready(workers):
+                break
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"{self.name}: not ready within {timeout:.0f} s:\n{self.log_tail()}")
             time.sleep(0.25)
-        self.group.snapshot()  # the workers exist now
-        self.worker_pids = [p for p in self.group.tree if "_bentoml_impl.worker" in cmdline(p)]
+        self.group.snapshot()
         if not self.worker_pids:
             raise RuntimeError(f"{self.name}: /readyz answered but no worker process of ours runs:\n{self.log_tail()}")
+        self.started_workers = set(self.worker_pids)
         return self
+
+    def _ready(self, workers: int | None) -> bool:
+        try:
+            if http_get(self.port, "/readyz")[0] != 200:
+                return False
+        except OSError:
+            return False
+        if workers is None:
+            return True
+        started = self.log_path.read_text(errors="replace").count(" initialized")
+        return started >= workers and len(self.worker_pids) == workers
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """The worker processes running now (the arbiter restarts a worker that dies)."""
+        if self.group is None:
+            return []
+        return sorted(p for p in process_tree(self.group.proc.pid) if "_bentoml_impl.worker" in cmdline(p))
+
+    def check_workers(self) -> bool:
+        """Whether the workers running now are the ones that were running when it got ready
+        (remembered in ``restarted`` when they are not)."""
+        same = not self.started_workers or set(self.worker_pids) == self.started_workers
+        self.restarted = self.restarted or not same
+        return same
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -302,11 +333,13 @@ class ServerProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
         if self.group is not None:
+            if self.group.proc.poll() is None:
+                self.check_workers()
             self.group.stop(sig, timeout)
 
     def __enter__(self) -> ServerProcess:
         try:
-            self.start().wait_ready()
+            self.start().wait_ready(workers=self.workers)
         except BaseException:
             self.stop()
             raise

@@ -154,6 +154,8 @@ class Bench:
         self.plan = QUICK if args.quick else FULL
         self.sustain_seconds = args.sustain_seconds if args.sustain_seconds is not None else self.plan.sustain_seconds
         self.run = Run(print_row)
+        self.workers = int(os.environ.get("FLIGHT_DELAY_WORKERS", "1"))
+        self.servers: list[ServerProcess] = []
         self.flights = sample_flights()
         # A throwaway data folder: the real registry and Feast state, a fresh prediction log.
         self.scratch = Path(tempfile.mkdtemp(prefix="flight-delay-bench-"))
@@ -168,7 +170,9 @@ class Bench:
             "BENTOML_HOME": str(self.scratch / f"bentoml-home-{name}"),
             "BENTOML_DO_NOT_TRACK": "True",
         }
-        return ServerProcess(target, env, self.scratch / f"{name}.log", name=name)
+        server = ServerProcess(target, env, self.scratch / f"{name}.log", name=name, workers=self.workers)
+        self.servers.append(server)
+        return server
 
     def open_phase(
         self,
@@ -405,8 +409,8 @@ def print_service_details(
     return stages
 
 
-def print_health(run: Run) -> dict[str, Any]:
-    """Errors, overload and other load on the machine, over every phase."""
+def print_health(run: Run, servers: list[ServerProcess]) -> dict[str, Any]:
+    """Errors, overload, worker restarts and other load on the machine, over every phase."""
     errors = {
         p.result.name: {
             "non_2xx": {str(s): n for s, n in p.result.statuses.items() if not 200 <= s < 300},
@@ -435,7 +439,14 @@ def print_health(run: Run) -> dict[str, Any]:
         )
     if overload:
         print(f"({overload} rate steps of the max-rate search failed, by design: they find the limit)")
+    restarted = [s.name for s in servers if s.restarted]
+    if restarted:
+        print(
+            f"WARNING: a worker of {', '.join(restarted)} was restarted during the run (see its log): "
+            "its figures were measured on fewer workers for a while"
+        )
     return {
+        "restarted_workers": restarted,
         "errors": errors,
         "unanswered": unanswered,
         "failed_overload_steps": overload,
@@ -579,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         "generator_floor_p99_ms": generator.result.percentile(99),
         "stages": stages,
     }
-    summary |= print_health(bench.run)
+    summary |= print_health(bench.run, bench.servers)
     summary["targets_met"] = print_targets(summary, TARGETS)
     summary["elapsed_s"] = time.monotonic() - started
     print(json.dumps({k: finite(v) for k, v in summary.items()}, default=str))

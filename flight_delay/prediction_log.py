@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,15 +37,32 @@ CREATE TABLE IF NOT EXISTS feedback (
 """
 
 
-def open_for_writing(path: Path) -> sqlite3.Connection:
+BUSY_TIMEOUT_SECONDS = 30.0
+
+
+def open_for_writing(path: Path, timeout: float = BUSY_TIMEOUT_SECONDS) -> sqlite3.Connection:
     """A connection to the log at ``path`` (created with its tables if need be) for a writer:
-    WAL, so readers never block it, and ``synchronous=FULL``, so a commit is on disk."""
+    WAL, so readers never block it, and ``synchronous=FULL``, so a commit is on disk.
+
+    Several workers open the same log when a service starts. Switching a new database to WAL
+    needs it to itself, and SQLite answers "database is locked" at once, without waiting for the
+    busy timeout, when another connection is creating the tables at that moment: the switch and
+    the schema are retried until ``timeout``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.executescript(_SCHEMA)
-    return conn
+    conn = sqlite3.connect(str(path), timeout=timeout, check_same_thread=False, isolation_level=None)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.executescript(_SCHEMA)
+            return conn
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                conn.close()
+                raise
+            time.sleep(0.01)
 
 
 # What ``read_log`` returns besides one column per logged feature, in this order: the prediction,

@@ -36,16 +36,18 @@ class ServiceProcess(ServerProcess):
         if deployment.online_store:
             env["FLIGHT_DELAY_ONLINE_STORE"] = deployment.online_store
         env.update({f"FLIGHT_DELAY_{k.upper()}": v for k, v in settings.items()})
-        super().__init__(SERVICE, env, workdir / f"{name}.log", name=name)
+        super().__init__(
+            SERVICE, env, workdir / f"{name}.log", name=name, workers=int(env.get("FLIGHT_DELAY_WORKERS", 1))
+        )
         self.deployment = deployment
 
     @property
     def store(self) -> str:
         return "redis" if self.deployment.online_store else "sqlite"
 
-    def wait_ready(self, timeout: float = READY_TIMEOUT) -> ServiceProcess:
+    def wait_ready(self, timeout: float = READY_TIMEOUT, workers: int | None = None) -> ServiceProcess:
         try:
-            super().wait_ready(timeout)
+            super().wait_ready(timeout, workers if workers is not None else self.workers)
         except RuntimeError as exc:
             pytest.fail(str(exc))
         return self

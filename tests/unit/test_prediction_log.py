@@ -6,12 +6,13 @@ import math
 import sqlite3
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import dagster as dg
 import pandas as pd
 import pytest
 
-from flight_delay.prediction_log import read_log
+from flight_delay.prediction_log import open_for_writing, read_log
 from pipeline.definitions import build_definitions
 from serving import log_writer
 from serving.log_writer import PredictionLogWriter
@@ -187,3 +188,32 @@ def test_the_asset_stores_the_log_in_the_lake(tmp_path, clock):
     assert metadata["variants"] == {"challenger": 1, "champion": 2}
     assert metadata["first_prediction"] == T0 and metadata["last_prediction"] == T0 + 20
     assert metadata["path"] == str((data_dir / "prediction_log" / "predictions.db").resolve())
+
+
+def _open_at(path: str, barrier: Any, errors: Any) -> None:
+    barrier.wait()
+    try:
+        open_for_writing(Path(path)).close()
+    except Exception as exc:  # reported to the test, which fails on it
+        errors.put(repr(exc))
+
+
+def test_workers_opening_a_new_log_at_once_all_start(tmp_path):
+    """A service's workers open the same fresh log together; none may fail with "database is
+    locked" (a worker that fails there exits, and the service serves on fewer workers)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    errors = ctx.Queue()
+    for round_ in range(40):
+        barrier = ctx.Barrier(4)
+        path = str(tmp_path / f"round{round_}" / "predictions.db")
+        procs = [ctx.Process(target=_open_at, args=(path, barrier, errors)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=60)
+    found = []
+    while not errors.empty():
+        found.append(errors.get())
+    assert found == []
