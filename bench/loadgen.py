@@ -178,8 +178,8 @@ class _Ticker:
 
     A Linux ``timerfd`` (through libc) registered as a reader: epoll returns within tens of
     microseconds of the deadline, where ``asyncio.sleep`` and uvloop's timers round to whole
-    milliseconds; at a few hundred requests a second that rounding alone would add ~0.5 ms to
-    the median latency measured from the scheduled send time. Falls back to ``call_at`` timers.
+    milliseconds, and that rounding alone would add half a millisecond on average to every latency
+    measured from the scheduled send time. Falls back to ``call_at`` timers.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, start: float, period: float, callback) -> None:

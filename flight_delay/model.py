@@ -36,8 +36,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import tensorflow as tf
 
 SERVING_ENDPOINT = "serve"
-# Two tensors (all numerics, all categories) instead of one per feature: converting ~40 inputs
-# per call cost more than the network itself on the service's hot path.
+# Two tensors (all numerics, all categories) instead of one per feature: converting every input
+# separately per call cost more than the network itself on the service's hot path.
 PACKED_ENDPOINT = "serve_packed"
 # The network's weights and preprocessing as plain arrays, next to the SavedModel (which stays
 # the canonical artifact), for the numpy forward pass of flight_delay.forward.

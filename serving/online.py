@@ -24,7 +24,7 @@ from flight_delay.flights import ENTITY_KEYS, entity_keys, schedule_features_row
 
 # What the readiness probe reads: a real entity key of every view (found or not, the store answered).
 PROBE_ROW = entity_keys("EWR", "UA", None, "IAH")
-# Entries cached per worker before the cache starts over (the 2013 year has ~4,000 tails).
+# Entries cached per worker before the cache starts over (a few times the year's tail numbers).
 MAX_CACHED = 200_000
 
 

@@ -61,8 +61,7 @@ class Scorer:
         rows = self.online.read(flights, datetime.now(UTC))
         t1 = time.perf_counter()
         probabilities = [0.0] * len(flights)
-        features: list[dict] = [{}] * len(flights)
-        counts: Counts = Counter()
+        scored = []
         for variant, members in _by_variant(assigned):
             spec = variant.model.spec
             whole = len(members) == len(flights)
@@ -75,18 +74,16 @@ class Scorer:
             scores = variant.model.predict_inputs(inputs).tolist()
             for j, i in enumerate(members):
                 probabilities[i] = scores[j]
-                features[i] = {c: col[j] for c, col in inputs.items()}
-            self.telemetry.predictions(
-                variant.tag,
-                variant.name,
-                scores,
-                inputs,
-                variant.model.bins,
-                (rows.unknown[i] for i in members),
-                counts,
-            )
+            scored.append((variant, members, inputs, scores))
         t2 = time.perf_counter()
         self.telemetry.stages(endpoint, t1 - t0, t2 - t1)
+        counts: Counts = Counter()
+        features: list[dict] = [{}] * len(flights)
+        for variant, members, inputs, scores in scored:
+            for j, i in enumerate(members):
+                features[i] = {c: col[j] for c, col in inputs.items()}
+            unknown = (rows.unknown[i] for i in members)
+            self.telemetry.predictions(variant.tag, variant.name, scores, inputs, variant.model.bins, unknown, counts)
         self.telemetry.online_reads(rows.reads, counts)
         self.telemetry.tally.add(counts)
         return [
