@@ -1,5 +1,5 @@
 """The benchmark's floor: a BentoML service with the prediction service's API and server
-settings that does nothing else.
+settings (and request limits) that does nothing else.
 
 ``predict`` parses a :class:`serving.api_models.Flight` and answers a
 :class:`serving.api_models.Prediction`-shaped body; ``predict_batch`` the same per flight. No
@@ -17,7 +17,7 @@ import bentoml
 from pydantic import Field
 
 from serving.api_models import BatchPredictions, Flight, Prediction
-from serving.service import MAX_BATCH_SCHEMA, SERVICE_CONFIG
+from serving.service import SERVICE_CONFIG, SETTINGS, add_request_limits
 
 _ids = itertools.count()
 
@@ -36,6 +36,7 @@ def _answer(flight: Flight) -> Prediction:
     )
 
 
+@add_request_limits
 @bentoml.service(name="flight_delay_floor", **SERVICE_CONFIG)
 class FloorService:
     """The prediction service's API over nothing: parse, answer."""
@@ -46,6 +47,6 @@ class FloorService:
 
     @bentoml.api
     async def predict_batch(
-        self, flights: Annotated[list[Flight], Field(min_length=1, max_length=MAX_BATCH_SCHEMA)]
+        self, flights: Annotated[list[Flight], Field(min_length=1, max_length=SETTINGS.max_batch)]
     ) -> BatchPredictions:
         return BatchPredictions(predictions=[_answer(f) for f in flights])

@@ -21,7 +21,7 @@ from typing import Any
 
 import bentoml
 
-from serving.service import SERVICE_CONFIG, FlightDelayService
+from serving.service import SERVICE_CONFIG, FlightDelayService, add_request_limits
 
 with bentoml.importing():
     import numpy as np
@@ -64,6 +64,7 @@ class KerasModelRouter(ModelRouter):
         return self._cache[tag]
 
 
+@add_request_limits
 @bentoml.service(name="flight_delay_naive", **SERVICE_CONFIG)
 class NaiveFlightDelayService(FlightDelayService.inner):
     """:class:`serving.service.FlightDelayService` with Keras ``model.predict`` per request."""

@@ -6,27 +6,67 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import yaml
 
+from features.online_stores import REDIS_TYPE, SQLITE_TYPE
+
+# Every Redis command and connection attempt gives up after this long (seconds) unless the URL
+# says otherwise (?socket_timeout=...&socket_connect_timeout=...): without it redis-py waits for
+# ever on a half-open connection, and the worker with it.
+REDIS_TIMEOUT_SECONDS = 0.5
+_REDIS_OPTIONS = {
+    "socket_timeout",
+    "socket_connect_timeout",
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "ssl_certfile",
+    "ssl_keyfile",
+}
+
 
 def online_store_config(url: str) -> dict[str, Any]:
-    """``redis://host:port[/db]`` → Feast's Redis online store settings."""
+    """``redis://[user:password@]host:port[/db][?option=value...]`` (``rediss://`` for TLS) →
+    Feast's Redis online store settings (the monotone store of ``features.online_stores``), with
+    timeouts on every command. Options: socket_timeout, socket_connect_timeout (seconds), and for
+    TLS ssl_cert_reqs (required, optional, none), ssl_ca_certs, ssl_certfile, ssl_keyfile."""
     parsed = urlparse(url)
-    if parsed.scheme != "redis" or not parsed.hostname:
-        raise ValueError(f"online store URL {url!r}: expected redis://host:port[/db]")
-    connection = f"{parsed.hostname}:{parsed.port or 6379}"
+    if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
+        raise ValueError(f"online store URL {redact(url)!r}: expected redis://host:port[/db] or rediss://...")
+    options = {"socket_timeout": str(REDIS_TIMEOUT_SECONDS), "socket_connect_timeout": str(REDIS_TIMEOUT_SECONDS)}
+    for key, values in parse_qs(parsed.query).items():
+        if key not in _REDIS_OPTIONS:
+            raise ValueError(f"online store URL option {key!r}: expected one of {sorted(_REDIS_OPTIONS)}")
+        options[key] = values[-1]
+    if parsed.scheme == "rediss":
+        options["ssl"] = "true"
     if parsed.path.strip("/"):
-        connection += f",db={parsed.path.strip('/')}"
+        options["db"] = parsed.path.strip("/")
+    if parsed.username:
+        options["username"] = unquote(parsed.username)
     if parsed.password:
-        connection += f",password={parsed.password}"
-    return {"type": "redis", "connection_string": connection}
+        options["password"] = unquote(parsed.password)
+    bad = [k for k, v in options.items() if "," in v or "=" in v]
+    if bad:
+        raise ValueError(f"online store URL: {', '.join(bad)} may not contain ',' or '=' (Feast's connection string)")
+    connection = ",".join([f"{parsed.hostname}:{parsed.port or 6379}", *(f"{k}={v}" for k, v in options.items())])
+    return {"type": REDIS_TYPE, "connection_string": connection}
+
+
+def redact(url: str) -> str:
+    """``url`` with its password replaced, for logs and error messages."""
+    parsed = urlparse(url)
+    if not parsed.password:
+        return url
+    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+    return parsed._replace(netloc=netloc).geturl()
 
 
 def repo_config(repo_path: str | Path, state_dir: str | Path | None = None, online_store_url: str | None = None) -> Any:
     """``feature_store.yaml`` of ``repo_path``; ``state_dir`` moves the file registry and a
-    SQLite online store there; ``online_store_url`` (``redis://...``) replaces the online store."""
+    SQLite online store there; ``online_store_url`` (``redis://...``, ``rediss://...``) replaces the
+    online store."""
     from feast.repo_config import RepoConfig
 
     repo = Path(repo_path).resolve()
@@ -40,8 +80,8 @@ def repo_config(repo_path: str | Path, state_dir: str | Path | None = None, onli
             if isinstance(registry, dict)
             else str(state / "registry.db")
         )
-        online = dict(raw.get("online_store") or {"type": "sqlite"})
-        if online.get("type", "sqlite") == "sqlite":
+        online = dict(raw.get("online_store") or {"type": SQLITE_TYPE})
+        if online.get("type", "sqlite") in ("sqlite", SQLITE_TYPE):
             online["path"] = str(state / "online.db")
         raw["online_store"] = online
     if online_store_url:

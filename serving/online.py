@@ -13,9 +13,10 @@ staleness saves most reads, and every response still reports each view's age.
 from __future__ import annotations
 
 import math
+import threading
 import time
-from collections import Counter
-from dataclasses import dataclass
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -24,30 +25,34 @@ from flight_delay.flights import ENTITY_KEYS, entity_keys, schedule_features_row
 
 # What the readiness probe reads: a real entity key of every view (found or not, the store answered).
 PROBE_ROW = entity_keys("EWR", "UA", None, "IAH")
-# Entries cached per worker before the cache starts over (a few times the year's tail numbers).
-MAX_CACHED = 200_000
+# (view, entity) rows a worker keeps: a day of New York departures touches under 10,000 (the tail
+# numbers twice, airports, carriers, routes); README's measured figures say what this bound costs.
+MAX_CACHED = 20_000
 
 
 @dataclass
 class FeatureRows:
     """What the online store knows of a batch of flights: each feature's value per flight (None
-    when missing or expired), the prediction time per flight (unix), feature ages by view and
-    the unknown entities per flight, and how many rows came from the store and the cache."""
+    when missing, expired, or stamped after the flight's prediction time), the prediction time per
+    flight (unix), feature ages by view and the unknown entities per flight, how many rows came
+    from the store and the cache, and how many values were stamped after their prediction time."""
 
     values: dict[str, list[Any]]
     times: list[float]
     ages: list[dict[str, float | None]]
     unknown: list[list[str]]
     reads: Counter[tuple[str, str]]  # (view, "store" | "cache") -> rows
+    future: Counter[str] = field(default_factory=Counter)  # view -> values served as missing
 
     def subset(self, members: list[int]) -> FeatureRows:
-        """The rows of the flights at positions ``members``, in that order (reads are the call's)."""
+        """The rows of the flights at positions ``members``, in that order (counts are the call's)."""
         return FeatureRows(
             {c: [col[i] for i in members] for c, col in self.values.items()},
             [self.times[i] for i in members],
             [self.ages[i] for i in members],
             [self.unknown[i] for i in members],
             self.reads,
+            self.future,
         )
 
 
@@ -61,45 +66,35 @@ class _View:
     table: Any  # the FeatureView
 
 
+Entry = tuple[float, float | None, tuple | None]  # (monotonic read time, event time (unix) or None, values or None)
+
+
 class OnlineFeatures:
-    def __init__(self, store: Any, service_name: str, max_staleness: float = 1.0) -> None:
+    """Reads a feature service's views for flights, with a bounded per-worker cache.
+
+    A call goes in three steps so that the service can keep store reads off its event loop:
+    :meth:`begin` takes what the cache holds (no I/O), :meth:`Lookup.fetch` reads the rest from
+    the store (I/O: run it on a thread), :meth:`Lookup.finish` assembles the rows. A lookup keeps
+    every row it uses, so the cache evicting an entry meanwhile can never fail a request. The
+    cache holds at most ``max_entries`` (view, entity) rows, least recently used evicted first,
+    found and not-found alike.
+    """
+
+    def __init__(
+        self, store: Any, service_name: str, max_staleness: float = 1.0, max_entries: int = MAX_CACHED
+    ) -> None:
         self.store = store
         self.max_staleness = max_staleness
+        self.max_entries = max_entries
         # Feast's own feature server reads through the provider as well; it is the one object
         # that knows which online store (SQLite, Redis) the repo config selected.
         self._provider = store._get_provider()
-        service = store.get_feature_service(service_name)
-        key_type = {e.join_key: e.value_type for e in store.list_entities()}
-        views = []
-        for p in service.feature_view_projections:
-            if p.join_key_map:
-                raise ValueError(
-                    f"feature service {service_name!r}: view {p.name!r} remaps join keys "
-                    f"{p.join_key_map}; the service expects the views' own keys"
-                )
-            try:
-                fv = store.get_feature_view(p.name)
-            except Exception as exc:
-                raise ValueError(
-                    f"feature service {service_name!r}: {p.name!r} is not a batch or "
-                    f"stream feature view the service can read online: {exc}"
-                ) from exc
-            keys = tuple(fv.join_keys)
-            views.append(
-                _View(
-                    p.name,
-                    tuple(f.name for f in p.features),
-                    keys,
-                    tuple(key_type[k] for k in keys),
-                    fv.ttl.total_seconds() if fv.ttl else 0.0,
-                    fv,
-                )
-            )
-        self.views: tuple[_View, ...] = tuple(views)
+        self.views: tuple[_View, ...] = tuple(_service_views(store, service_name))
         # An entity is unknown when none of the views keyed by it alone has a value for it.
-        self.entity_views = {k: tuple(v.name for v in views if v.join_keys == (k,)) for k in ENTITY_KEYS}
-        # (view, key) -> (monotonic read time, event time (unix) or None, values or None)
-        self._cache: dict[tuple[str, tuple], tuple[float, float | None, tuple | None]] = {}
+        self.entity_views = {k: tuple(v.name for v in self.views if v.join_keys == (k,)) for k in ENTITY_KEYS}
+        self.served: frozenset[str] = frozenset(f for v in self.views for f in v.features)
+        self._cache: OrderedDict[tuple[str, tuple], Entry] = OrderedDict()
+        self._lock = threading.Lock()
 
     def check(self) -> None:
         """Raise unless the online store answers every view (readiness); bypasses the cache."""
@@ -123,46 +118,110 @@ class OnlineFeatures:
             out.append((ts.timestamp() if ts is not None else None, None if all(v is None for v in row) else row))
         return out
 
-    def _rows(self, view: _View, keys: list[tuple], reads: Counter) -> list[tuple[float, float | None, tuple | None]]:
-        cache, name = self._cache, view.name
-        now = time.monotonic()
-        stale_before = now - self.max_staleness
-        wanted = []
-        for key in set(keys):
-            entry = cache.get((name, key))
-            if entry is None or entry[0] <= stale_before:  # max_staleness 0: every entry is stale
-                wanted.append(key)
-        if wanted:
-            if len(cache) + len(wanted) > MAX_CACHED:
-                cache.clear()
-            for key, (ts, row) in zip(wanted, self._read(view, wanted)):
-                cache[(name, key)] = (now, ts, row)
-            reads[(name, "store")] += len(wanted)
-        if len(keys) > len(wanted):
-            reads[(name, "cache")] += len(keys) - len(wanted)
-        return [cache[(name, key)] for key in keys]
+    def cached_entries(self) -> int:
+        return len(self._cache)
 
-    def read(self, flights: list[Any], now: datetime) -> FeatureRows:
-        """Every view's values for ``flights`` (``api_models.Flight``) at their prediction times
-        (``now`` for those without one); a value past its view's TTL is missing, like training."""
-        n = len(flights)
+    def _cached(self, name: str, keys: set[tuple], fresh_after: float) -> dict[tuple, Entry]:
+        """The cache's fresh entries among ``keys`` (marked recently used)."""
+        found: dict[tuple, Entry] = {}
+        cache = self._cache
+        with self._lock:
+            for key in keys:
+                entry = cache.get((name, key))
+                if entry is not None and entry[0] > fresh_after:  # max_staleness 0: every entry is stale
+                    cache.move_to_end((name, key))
+                    found[key] = entry
+        return found
+
+    def _remember(self, name: str, entries: dict[tuple, Entry]) -> None:
+        cache = self._cache
+        with self._lock:
+            for key, entry in entries.items():
+                cache[(name, key)] = entry
+                cache.move_to_end((name, key))
+            while len(cache) > self.max_entries:
+                cache.popitem(last=False)
+
+    def begin(self, flights: list[Any], now: datetime) -> Lookup:
+        """What the cache holds for ``flights`` (``api_models.Flight``); no I/O."""
         entity_rows = [entity_keys(f.origin, f.carrier, f.tailnum, f.dest) for f in flights]
         default_time = now.timestamp()
         times = [f.prediction_time.timestamp() if f.prediction_time else default_time for f in flights]
+        fresh_after = time.monotonic() - self.max_staleness
+        keys = {v.name: [tuple(r[k] for k in v.join_keys) for r in entity_rows] for v in self.views}
+        cached = {v.name: self._cached(v.name, set(keys[v.name]), fresh_after) for v in self.views}
+        return Lookup(self, keys, cached, times)
+
+    def read(self, flights: list[Any], now: datetime) -> FeatureRows:
+        """Every view's values for ``flights`` at their prediction times (``now`` for those without
+        one), in one call: :meth:`begin`, :meth:`Lookup.fetch`, :meth:`Lookup.finish`."""
+        lookup = self.begin(flights, now)
+        lookup.fetch()
+        return lookup.finish()
+
+
+class Lookup:
+    """One call's rows: those the cache held when it began, and those :meth:`fetch` read."""
+
+    def __init__(
+        self,
+        online: OnlineFeatures,
+        keys: dict[str, list[tuple]],
+        rows: dict[str, dict[tuple, Entry]],
+        times: list[float],
+    ) -> None:
+        self.online, self.keys, self.rows, self.times = online, keys, rows, times
+        self.missing = {name: sorted(set(k) - rows[name].keys()) for name, k in keys.items()}
+
+    @property
+    def needs_store(self) -> bool:
+        return any(self.missing.values())
+
+    def fetch(self) -> None:
+        """Read what the cache did not hold from the online store (I/O; may raise the store's error)."""
+        read_at = time.monotonic()
+        for view in self.online.views:
+            wanted = self.missing[view.name]
+            if not wanted:
+                continue
+            entries = {key: (read_at, ts, row) for key, (ts, row) in zip(wanted, self.online._read(view, wanted))}
+            self.rows[view.name].update(entries)
+            self.online._remember(view.name, entries)
+
+    def finish(self) -> FeatureRows:
+        """Values per feature, ages and unknown entities; a value past its view's TTL, or stamped
+        after the flight's prediction time, is missing, as the point-in-time join of training
+        treats it."""
+        absent = [key for name, keys in self.missing.items() for key in keys if key not in self.rows[name]]
+        if absent:
+            raise RuntimeError(f"Lookup.finish() before fetch(): {len(absent)} rows were not in the cache")
+        n = len(self.times)
+        times = self.times
         ages: list[dict[str, float | None]] = [{} for _ in range(n)]
         missing: list[set[str]] = [set() for _ in range(n)]
         found: dict[str, list[Any]] = {}
         reads: Counter[tuple[str, str]] = Counter()
-        for view in self.views:
-            keys = [tuple(r[k] for k in view.join_keys) for r in entity_rows]
+        future: Counter[str] = Counter()
+        for view in self.online.views:
+            rows, keys = self.rows[view.name], self.keys[view.name]
+            fetched = len(self.missing[view.name])  # distinct keys read; repeats within a call are not
+            if fetched:
+                reads[(view.name, "store")] += fetched
+            if n > fetched:
+                reads[(view.name, "cache")] += n - fetched
             columns: list[list[Any]] = [[None] * n for _ in view.features]
-            for i, (_, ts, row) in enumerate(self._rows(view, keys, reads)):
+            for i, key in enumerate(keys):
+                _, ts, row = rows[key]
                 if row is None:
                     missing[i].add(view.name)
                     ages[i][view.name] = None
                     continue
                 age = times[i] - ts
                 ages[i][view.name] = round(age, 3)
+                if age < 0:  # known only after the prediction time: training would not see it
+                    future[view.name] += 1
+                    missing[i].add(view.name)
+                    continue
                 if view.ttl and age > view.ttl:  # expired: served as missing, like training
                     missing[i].add(view.name)
                     continue
@@ -170,9 +229,41 @@ class OnlineFeatures:
                     column[i] = value
             found.update(zip(view.features, columns))
         unknown = [
-            sorted(e for e, views in self.entity_views.items() if all(v in missing[i] for v in views)) for i in range(n)
+            sorted(e for e, views in self.online.entity_views.items() if all(v in missing[i] for v in views))
+            for i in range(n)
         ]
-        return FeatureRows(found, times, ages, unknown, reads)
+        return FeatureRows(found, times, ages, unknown, reads, future)
+
+
+def _service_views(store: Any, service_name: str) -> list[_View]:
+    service = store.get_feature_service(service_name)
+    key_type = {e.join_key: e.value_type for e in store.list_entities()}
+    views = []
+    for p in service.feature_view_projections:
+        if p.join_key_map:
+            raise ValueError(
+                f"feature service {service_name!r}: view {p.name!r} remaps join keys "
+                f"{p.join_key_map}; the service expects the views' own keys"
+            )
+        try:
+            fv = store.get_feature_view(p.name)
+        except Exception as exc:
+            raise ValueError(
+                f"feature service {service_name!r}: {p.name!r} is not a batch or "
+                f"stream feature view the service can read online: {exc}"
+            ) from exc
+        keys = tuple(fv.join_keys)
+        views.append(
+            _View(
+                p.name,
+                tuple(f.name for f in p.features),
+                keys,
+                tuple(key_type[k] for k in keys),
+                fv.ttl.total_seconds() if fv.ttl else 0.0,
+                fv,
+            )
+        )
+    return views
 
 
 def model_inputs(

@@ -1,15 +1,25 @@
 """From flights to predictions, and from outcomes to live quality: what the service does between
-parsing a request and answering it, without the HTTP layer."""
+parsing a request and answering it, without the HTTP layer.
+
+Nothing here blocks the worker's event loop: online-store reads that the cache cannot answer and
+the prediction log's lookups and writes run on a few threads of the worker (:class:`Blocking`),
+each with a deadline, so a slow or stalled store or log delays only the requests that need it,
+never health probes or the requests the cache answers.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from http import HTTPStatus
+from typing import Any, TypeVar
 
 from flight_delay.flights import is_late
 from serving.api_models import FeedbackResult, Flight, Prediction
@@ -18,13 +28,37 @@ from serving.online import OnlineFeatures, model_inputs
 from serving.routing import ModelRouter, Variant
 from serving.telemetry import Counts, Telemetry
 
+T = TypeVar("T")
 
-class ClientError(Exception):
-    """A request the service cannot answer, with the HTTP status that says why."""
+
+class ServiceError(Exception):
+    """A request the service answers with an error status and a message that says why."""
 
     def __init__(self, message: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST) -> None:
         super().__init__(message)
         self.message, self.status = message, status
+
+
+class Blocking:
+    """Blocking work (store reads, log I/O) on ``threads`` threads of this worker, each call with a
+    deadline: past it the request gets 503 and the loop moves on (the thread finishes in its own
+    time; the store's own timeouts bound that)."""
+
+    def __init__(self, threads: int, timeout: float) -> None:
+        self.timeout = timeout
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="blocking-io")
+
+    async def run(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        future = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        try:
+            return await asyncio.wait_for(future, self.timeout)
+        except TimeoutError:
+            raise ServiceError(
+                f"{what} did not answer within {self.timeout:g} s", HTTPStatus.SERVICE_UNAVAILABLE
+            ) from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _clip(p: float) -> float:
@@ -42,23 +76,38 @@ class Scorer:
         telemetry: Telemetry,
         log: PredictionLogWriter,
         threshold: float,
+        blocking: Blocking,
     ) -> None:
         self.router, self.online, self.telemetry, self.log = router, online, telemetry, log
         self.threshold = threshold
+        self.blocking = blocking
         # Request ids: 64 random bits per worker start, then a counter (uuid4 costs a system call).
         self._id_prefix = os.urandom(8).hex()
         self._ids = itertools.count()
 
-    def score(self, flights: list[Flight], endpoint: str) -> list[Prediction]:
+    async def _read_features(self, flights: list[Flight]) -> Any:
+        lookup = self.online.begin(flights, datetime.now(UTC))
+        if lookup.needs_store:
+            try:
+                await self.blocking.run("the online store", lookup.fetch)
+            except ServiceError:
+                raise
+            except Exception as exc:  # the store's own error: connection refused, timeout, locked
+                raise ServiceError(
+                    f"the online store is unavailable: {type(exc).__name__}: {exc}", HTTPStatus.SERVICE_UNAVAILABLE
+                ) from exc
+        return lookup.finish()
+
+    async def score(self, flights: list[Flight], endpoint: str) -> list[Prediction]:
         routing = self.router.routing  # one snapshot for the whole call
         if routing.champion is None:
-            raise ClientError(
+            raise ServiceError(
                 "no champion model is promoted yet; run the pipeline (make demo)", HTTPStatus.SERVICE_UNAVAILABLE
             )
         keys = [f.key for f in flights]
         assigned = [routing.assign(k) for k in keys]
         t0 = time.perf_counter()
-        rows = self.online.read(flights, datetime.now(UTC))
+        rows = await self._read_features(flights)
         t1 = time.perf_counter()
         probabilities = [0.0] * len(flights)
         scored = []
@@ -73,6 +122,12 @@ class Scorer:
             )
             scores = variant.model.predict_inputs(inputs).tolist()
             for j, i in enumerate(members):
+                if not math.isfinite(scores[j]):
+                    raise ServiceError(
+                        f"model {variant.tag} gave a non-finite probability ({scores[j]}) for "
+                        f"{keys[i]}; expected a number in [0, 1]",
+                        HTTPStatus.INTERNAL_SERVER_ERROR,
+                    )
                 probabilities[i] = scores[j]
             scored.append((variant, members, inputs, scores))
         t2 = time.perf_counter()
@@ -84,7 +139,7 @@ class Scorer:
                 features[i] = {c: col[j] for c, col in inputs.items()}
             unknown = (rows.unknown[i] for i in members)
             self.telemetry.predictions(variant.tag, variant.name, scores, inputs, variant.model.bins, unknown, counts)
-        self.telemetry.online_reads(rows.reads, counts)
+        self.telemetry.online_reads(rows.reads, rows.future, counts)
         self.telemetry.tally.add(counts)
         return [
             self._respond(keys[i], assigned[i], probabilities[i], features[i], rows.ages[i], rows.unknown[i])
@@ -109,20 +164,20 @@ class Scorer:
             unknown=unknown,
         )
 
-    def feedback(
+    async def feedback(
         self, request_id: str | None, flight_key: str | None, delay_minutes: float, wait_seconds: float
     ) -> FeedbackResult:
         """Record an observed delay against its logged prediction; updates live quality metrics."""
         # The prediction may still be queued: in this worker (flush now) or, one flush interval
         # later, in another.
-        self.log.flush()
-        found = self.log.lookup(request_id, flight_key)
+        await self.blocking.run("the prediction log", self.log.flush)
+        found = await self.blocking.run("the prediction log", self.log.lookup, request_id, flight_key)
         if found is None:
-            time.sleep(wait_seconds)
-            found = self.log.lookup(request_id, flight_key)
+            await asyncio.sleep(wait_seconds)
+            found = await self.blocking.run("the prediction log", self.log.lookup, request_id, flight_key)
         if found is None:
             which = f"request_id {request_id}" if request_id else f"flight_key {flight_key}"
-            raise ClientError(f"no logged prediction for {which}", HTTPStatus.NOT_FOUND)
+            raise ServiceError(f"no logged prediction for {which}", HTTPStatus.NOT_FOUND)
         late = is_late(delay_minutes)
         p = _clip(found["probability"])
         loss = -math.log(p) if late else -math.log(1 - p)

@@ -11,8 +11,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Callable
-from http import HTTPStatus
+from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 
 import bentoml
@@ -21,24 +20,24 @@ from starlette.responses import JSONResponse
 from threadpoolctl import threadpool_limits
 
 from serving.api_models import BatchPredictions, Feedback, FeedbackResult, Flight, Prediction
-from serving.middleware import install_request_timeout_fix
+from serving.middleware import BearerTokenMiddleware, BodyLimitMiddleware, install_traffic_middleware
+from serving.settings import ServingSettings
 
 with bentoml.importing():
     from features import FLIGHT_DELAY_SERVICE
-    from features.store import build_store
+    from features.store import build_store, redact
     from flight_delay.registry import ModelRegistry
     from serving.log_writer import PredictionLogWriter
     from serving.online import OnlineFeatures
     from serving.routing import ModelRouter
-    from serving.scoring import ClientError, Scorer
-    from serving.settings import ServingSettings
+    from serving.scoring import Blocking, Scorer, ServiceError
     from serving.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 REQUEST_TIMEOUT_SECONDS = 30.0
-install_request_timeout_fix()
+install_traffic_middleware()
 UNTRACED_PATHS = [
     p
     for p in os.environ.get(
@@ -46,13 +45,17 @@ UNTRACED_PATHS = [
     ).split(",")
     if p
 ]
-MAX_BATCH_SCHEMA = 100_000  # the documented bound; the configured one is checked per call
+API_PATHS = frozenset({"/predict", "/predict_batch", "/feedback"})
+# Read once, when the service class is defined: its server settings and request limits.
+SETTINGS = ServingSettings.from_env()
+WORKERS = int(os.environ.get("FLIGHT_DELAY_WORKERS", "1"))
 # Server settings shared with the benchmark's floor service, so both are measured alike.
 SERVICE_CONFIG: dict[str, Any] = {
-    "traffic": {"timeout": REQUEST_TIMEOUT_SECONDS},
+    # BentoML divides the service's limit among its workers: the setting is per worker.
+    "traffic": {"timeout": REQUEST_TIMEOUT_SECONDS, "max_concurrency": SETTINGS.max_concurrency * WORKERS},
     "http": {"port": 3000},
     # One process per core scales a pod; on Kubernetes prefer 1 and more replicas.
-    "workers": int(os.environ.get("FLIGHT_DELAY_WORKERS", "1")),
+    "workers": WORKERS,
     # One log line per request costs more CPU than it tells: requests are counted in /metrics.
     "logging": {"access": {"enabled": False}},
     # A span per request costs a noticeable share of a prediction's CPU, exported or not; these
@@ -61,6 +64,15 @@ SERVICE_CONFIG: dict[str, Any] = {
 }
 
 
+def add_request_limits(service: Any, settings: ServingSettings = SETTINGS) -> Any:
+    """The body limit (and the bearer token, when one is set) in front of ``service``'s API."""
+    service.add_asgi_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.api_token:
+        service.add_asgi_middleware(BearerTokenMiddleware, token=settings.api_token, paths=API_PATHS)
+    return service
+
+
+@add_request_limits
 @bentoml.service(name="flight_delay", **SERVICE_CONFIG)
 class FlightDelayService:
     """Departure delay predictions over online features."""
@@ -72,43 +84,47 @@ class FlightDelayService:
         s = self.settings = ServingSettings.from_env()
         self.registry = ModelRegistry(s.layout.bentoml_home)
         self.router = ModelRouter(self.registry, s.model_name, s.challenger, s.challenger_weight, s.refresh_seconds)
-        self.online = OnlineFeatures(
-            build_store(s.repo_path, s.layout.feast_state, s.online_store_url),
-            FLIGHT_DELAY_SERVICE,
-            s.feature_cache_seconds,
-        )
+        store = build_store(s.repo_path, s.layout.feast_state, s.online_store_url)
+        self.online = OnlineFeatures(store, FLIGHT_DELAY_SERVICE, s.feature_cache_seconds, s.feature_cache_entries)
         self.telemetry = Telemetry()
         self.log = PredictionLogWriter(s.layout.prediction_log, s.log_flush_seconds)
-        self.scorer = Scorer(self.router, self.online, self.telemetry, self.log, s.threshold)
-        log.info("flight_delay service: data %s, online store %s", s.layout.root, s.online_store_url or "sqlite")
+        self.blocking = Blocking(s.io_threads, s.store_timeout_seconds)
+        self.scorer = Scorer(self.router, self.online, self.telemetry, self.log, s.threshold, self.blocking)
+        store_name = redact(s.online_store_url) if s.online_store_url else "sqlite"
+        log.info("flight_delay service: data %s, online store %s", s.layout.root, store_name)
         # Startup leaves long-lived objects by the hundred thousand (TF, Feast, pydantic); freezing
         # them keeps full collections over them off the request path.
         gc.collect()
         gc.freeze()
 
     def __is_ready__(self) -> bool:
+        """Ready with a champion loaded, the online store answering and the log writer accepting.
+        BentoML calls it on a thread, so a slow store delays the probe, not the worker."""
+        reasons = []
         if self.router.routing.champion is None:
-            return False
+            reasons.append(f"no champion loaded ({self.router.last_error or 'none promoted'})")
         try:
             self.online.check()
-        except Exception:
-            log.exception("online store not answering")
-            return False
-        return True
+        except Exception as exc:
+            reasons.append(f"online store not answering: {type(exc).__name__}: {exc}")
+        if reasons:
+            log.warning("not ready: %s", "; ".join(reasons))
+        return not reasons
 
     @bentoml.on_shutdown
     def _drain(self) -> None:
         self.router.close()
         self.log.close()
         self.telemetry.close()
+        self.blocking.close()
 
-    def _answer(self, endpoint: str, fn: Callable[[], T]) -> T | JSONResponse:
+    async def _answer(self, endpoint: str, work: Awaitable[T]) -> T | JSONResponse:
         started = time.perf_counter()
         try:
-            result = fn()
-        except ClientError as exc:
-            self.telemetry.request(endpoint, "client_error")
-            # Answered here: BentoML would wrap a 4xx body in a list and replace a 503's message
+            result = await work
+        except ServiceError as exc:
+            self.telemetry.request(endpoint, "client_error" if exc.status < 500 else "server_error")
+            # Answered here: BentoML would wrap a 4xx body in a list and replace a 5xx message
             # ("no champion yet") with a generic one.
             return JSONResponse({"error": exc.message}, status_code=exc.status.value)
         except Exception:
@@ -120,34 +136,31 @@ class FlightDelayService:
     @bentoml.api
     async def predict(self, flight: Flight) -> Prediction:
         """Probability that one flight leaves 15 minutes late or more."""
-        return self._answer("predict", lambda: self.scorer.score([flight], "predict")[0])
+
+        async def run() -> Prediction:
+            return (await self.scorer.score([flight], "predict"))[0]
+
+        return await self._answer("predict", run())
 
     @bentoml.api
     async def predict_batch(
-        self, flights: Annotated[list[Flight], Field(min_length=1, max_length=MAX_BATCH_SCHEMA)]
+        self, flights: Annotated[list[Flight], Field(min_length=1, max_length=SETTINGS.max_batch)]
     ) -> BatchPredictions:
-        """Many flights: one online-feature lookup and one model call per variant."""
+        """Many flights (at most FLIGHT_DELAY_MAX_BATCH): one online-feature lookup and one model
+        call per variant."""
 
-        def run() -> BatchPredictions:
-            if len(flights) > self.settings.max_batch:
-                raise ClientError(
-                    f"batch of {len(flights)} flights exceeds the limit of {self.settings.max_batch}; "
-                    "split it (FLIGHT_DELAY_MAX_BATCH sets the limit)",
-                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                )
-            return BatchPredictions(predictions=self.scorer.score(flights, "predict_batch"))
+        async def run() -> BatchPredictions:
+            return BatchPredictions(predictions=await self.scorer.score(flights, "predict_batch"))
 
-        return self._answer("predict_batch", run)
+        return await self._answer("predict_batch", run())
 
     @bentoml.api
     async def feedback(self, feedback: Feedback) -> FeedbackResult:
         """Record the observed delay of a predicted flight; updates live quality metrics."""
-        return self._answer(
-            "feedback",
-            lambda: self.scorer.feedback(
-                feedback.request_id,
-                feedback.flight_key,
-                feedback.departure_delay_minutes,
-                wait_seconds=self.settings.log_flush_seconds * 1.5,
-            ),
+        work = self.scorer.feedback(
+            feedback.request_id,
+            feedback.flight_key,
+            feedback.departure_delay_minutes,
+            wait_seconds=self.settings.log_flush_seconds * 1.5,
         )
+        return await self._answer("feedback", work)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from flight_delay.model import MODEL_NAME
@@ -36,10 +36,18 @@ class ServingSettings:
     refresh_seconds: float
     log_flush_seconds: float
     feature_cache_seconds: float
+    feature_cache_entries: int
+    max_concurrency: int  # requests in progress per worker before it sheds load (503)
+    max_body_bytes: int
+    # When set, the API paths need "Authorization: Bearer <token>"; never shown in a repr or log.
+    api_token: str | None = field(repr=False)
+    store_timeout_seconds: float  # deadline of one online-store read or prediction-log call
+    io_threads: int  # threads per worker for those calls
 
     @classmethod
     def from_env(cls) -> ServingSettings:
         env = os.environ
+        max_batch = int(_float("FLIGHT_DELAY_MAX_BATCH", 1000, 1, 100_000))
         return cls(
             layout=DataLayout.resolve(),
             repo_path=Path(env.get("FLIGHT_DELAY_FEATURE_REPO") or PROJECT_ROOT).resolve(),
@@ -49,9 +57,16 @@ class ServingSettings:
             challenger=(env.get("FLIGHT_DELAY_CHALLENGER", "latest") or "latest"),
             challenger_weight=_float("FLIGHT_DELAY_CHALLENGER_WEIGHT", 0.1, 0.0, 1.0),
             threshold=_float("FLIGHT_DELAY_THRESHOLD", 0.3, 0.0, 1.0),
-            max_batch=int(_float("FLIGHT_DELAY_MAX_BATCH", 1000, 1, 100_000)),
+            max_batch=max_batch,
             refresh_seconds=_float("FLIGHT_DELAY_REFRESH_SECONDS", 0.5, 0.05, 60),
             log_flush_seconds=_float("FLIGHT_DELAY_LOG_FLUSH_SECONDS", 0.1, 0.01, 10),
             # How long a worker reuses an online-feature row it read (0: read every request).
             feature_cache_seconds=_float("FLIGHT_DELAY_FEATURE_CACHE_SECONDS", 1.0, 0.0, 60),
+            feature_cache_entries=int(_float("FLIGHT_DELAY_FEATURE_CACHE_ENTRIES", 20_000, 100, 10_000_000)),
+            max_concurrency=int(_float("FLIGHT_DELAY_MAX_CONCURRENCY", 64, 1, 100_000)),
+            # A flight is about 250 bytes of JSON: a full batch fits with room to spare.
+            max_body_bytes=int(_float("FLIGHT_DELAY_MAX_BODY_BYTES", max(65_536, max_batch * 1024), 1024, 1 << 30)),
+            api_token=env.get("FLIGHT_DELAY_API_TOKEN") or None,
+            store_timeout_seconds=_float("FLIGHT_DELAY_STORE_TIMEOUT_SECONDS", 2.0, 0.05, 60),
+            io_threads=int(_float("FLIGHT_DELAY_IO_THREADS", 4, 1, 64)),
         )

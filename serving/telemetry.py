@@ -81,6 +81,12 @@ ONLINE_ROWS = _counter(
     "view",
     "source",
 )
+FUTURE_VALUES = _counter(
+    "future_values_total",
+    "Online feature values stamped after their request's prediction time, served as missing (the training "
+    "join never sees such a value; a replay against a store that is ahead of it does).",
+    "view",
+)
 MODEL_LOAD_FAILURES = _counter(
     "model_load_failures_total",
     "Registry changes whose models failed to load (a broken artifact); the models loaded before keep "
@@ -165,9 +171,11 @@ class Telemetry:
         self.series(STAGE_LATENCY, "feature_lookup", endpoint).observe(lookup_seconds)
         self.series(STAGE_LATENCY, "inference", endpoint).observe(inference_seconds)
 
-    def online_reads(self, reads: Counter[tuple[str, str]], counts: Counts) -> None:
+    def online_reads(self, reads: Counter[tuple[str, str]], future: Counter[str], counts: Counts) -> None:
         for (view, source), n in reads.items():
             counts[(ONLINE_ROWS, (view, source))] += n
+        for view, n in future.items():
+            counts[(FUTURE_VALUES, (view,))] += n
 
     def predictions(
         self,

@@ -18,7 +18,15 @@ import httpx
 import pandas as pd
 import pytest
 
-from tests.support.deployments import DAYS, SERVE_DAY, Deployment, FlightRequest, flight_requests, run_ok
+from tests.support.deployments import (
+    DAYS,
+    ONLINE_AS_OF,
+    SERVE_DAY,
+    Deployment,
+    FlightRequest,
+    flight_requests,
+    run_ok,
+)
 from tests.support.servers import MAX_BATCH, RedisServer, ServiceProcess
 from tests.support.source import slice_days
 
@@ -35,7 +43,7 @@ def serving_deployment(tmp_path_factory: pytest.TempPathFactory, source_dir: Pat
         mp.delenv("FLIGHT_DELAY_ONLINE_STORE", raising=False)
         graph = Graph(data_dir, source_dir, dg.DagsterInstance.ephemeral())
         run_ok(graph, REFERENCE)
-        run_ok(graph, DAILY, DAYS)
+        run_ok(graph, DAILY, DAYS, run_config=ONLINE_AS_OF)
         run_ok(graph, TRAINING, run_config=graph.training_config("2013-01-04", "2013-01-05", "2013-01-06"))
     champion = Deployment(data_dir, champion="").registry().champion("flight_delay")
     assert champion, "the training run promoted no champion"
@@ -74,7 +82,7 @@ def redis_deployment(
         graph = Graph(data_dir, source_dir, dg.DagsterInstance.ephemeral())
         assert graph.resource("feature_store").online_store_url is not None
         run_ok(graph, REFERENCE)
-        run_ok(graph, DAILY, DAYS)
+        run_ok(graph, DAILY, DAYS, run_config=ONLINE_AS_OF)
     shutil.copytree(serving_deployment.layout.bentoml_home, data_dir / "bentoml")
     return Deployment(data_dir, serving_deployment.champion, online_store=redis_url)
 
@@ -153,7 +161,8 @@ def inprocess_client(serving_deployment: Deployment) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="session")
 def real_requests(real_flights: pd.DataFrame) -> list[FlightRequest]:
-    """Every flight of SERVE_DAY from the deployment's own source, one per flight key, as requests."""
+    """Every flight of SERVE_DAY after the online store's instant, one per flight key, as requests
+    made at that instant."""
     requests = flight_requests(slice_days(real_flights, [SERVE_DAY]))
-    assert len(requests) > 500
+    assert len(requests) > 400
     return requests

@@ -19,7 +19,12 @@ from flight_delay.registry import ModelRegistry
 
 DAYS = ("2013-01-01", "2013-01-06")
 SERVE_DAY = "2013-01-06"  # the flights the tests score: the last day the online store knows
-HORIZON = pd.Timedelta(minutes=60)  # the model predicts an hour before departure, as trained
+# The online store of a serving deployment is brought to this instant of SERVE_DAY (the asset's
+# `as_of`), and the tests predict that day's later flights at this instant: every value the store
+# holds is known by then, as it would be live (a value stamped after a prediction time is served
+# as missing).
+AS_OF = pd.Timestamp(f"{SERVE_DAY}T10:00", tz="America/New_York")
+ONLINE_AS_OF = {"ops": {"online_features": {"config": {"as_of": AS_OF.isoformat()}}}}
 
 
 @dataclass(frozen=True)
@@ -84,10 +89,11 @@ class FlightRequest:
     key: str  # the flight key the pipeline gives it (departures.flight_id)
 
 
-def flight_requests(raw_flights: pd.DataFrame, horizon: pd.Timedelta = HORIZON) -> list[FlightRequest]:
-    """Each flight of ``raw_flights`` (source rows) as a request predicted ``horizon`` before its
-    scheduled departure, one per flight key; the expected key is the pipeline's ``flight_id``."""
+def flight_requests(raw_flights: pd.DataFrame, at: pd.Timestamp = AS_OF) -> list[FlightRequest]:
+    """Each flight of ``raw_flights`` (source rows) scheduled after ``at``, as a request predicted at
+    ``at``, one per flight key; the expected key is the pipeline's ``flight_id``."""
     departures = prepare_departures(raw_flights)
+    departures = departures[departures["sched_dep_ts"] > at]
     out: dict[str, FlightRequest] = {}
     for row in departures.itertuples(index=False):
         body = {
@@ -98,7 +104,7 @@ def flight_requests(raw_flights: pd.DataFrame, horizon: pd.Timedelta = HORIZON) 
             "dest": row.dest,
             "scheduled_departure": row.sched_dep_ts.isoformat(),
             "distance": float(row.distance),
-            "prediction_time": (row.sched_dep_ts - horizon).isoformat(),
+            "prediction_time": at.isoformat(),
         }
         out.setdefault(row.flight_id, FlightRequest(body, row.flight_id))
     return list(out.values())
