@@ -8,7 +8,7 @@ import pandas as pd
 
 from flight_delay import feature_tables as tables
 from flight_delay import schemas
-from pipeline.checks import check_result, require_valid, schema_check_spec, validate_raw_weather
+from pipeline.checks import publish_if_valid, require_valid, schema_check_spec, validate_raw_weather
 from pipeline.partitions import daily_asset
 
 GROUP = "feature_tables"
@@ -53,8 +53,10 @@ def _window(context: dg.AssetExecutionContext) -> tuple[pd.Timestamp, pd.Timesta
 
 
 def _table(name: str, frame: pd.DataFrame) -> FeatureTable:
-    yield dg.Output(frame, metadata={"rows": len(frame), "columns": dg.MetadataValue.json(list(frame.columns))})
-    yield check_result(name, schemas.validate(schemas.FEATURE_TABLE_SCHEMAS[name], frame))
+    """The table, written where Feast reads it only once its schema check has passed."""
+    result = schemas.validate(schemas.FEATURE_TABLE_SCHEMAS[name], frame)
+    metadata = {"rows": len(frame), "columns": dg.MetadataValue.json(list(frame.columns))}
+    yield from publish_if_valid(name, frame, result, metadata)
 
 
 @dg.asset(**_feature_table_asset("origin_hourly_weather", "event_timestamp"))

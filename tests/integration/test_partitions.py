@@ -6,10 +6,14 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import dagster as dg
 import numpy as np
 import pandas as pd
+import pytest
 
 from pipeline.resources import LocalTableStore
+from tests.support.graph import REFERENCE, Graph
+from tests.support.source import write_source
 
 DAY = "2013-01-03"
 
@@ -56,3 +60,39 @@ def test_concurrent_writers_of_one_partition_never_expose_a_partial_file(tmp_pat
     assert not errors, errors
     assert seen, "the reader never read the partition"
     assert [p.name for p in folder.iterdir()] == [f"{DAY}.parquet"]  # no temporary file left behind
+
+
+@pytest.fixture()
+def double_booked_source(tmp_path, real_flights, real_weather):
+    """The real days, with one aircraft also recorded on a second flight number leaving at the same
+    moment: valid raw flights (the flight numbers differ), but two departures of one aircraft at
+    one instant, which ``aircraft_last_departure``'s schema refuses (one row per tail number and
+    time)."""
+    flights = real_flights.copy()
+    on_day = flights[(flights["day"] == 3) & flights["tailnum"].notna() & flights["dep_time"].notna()]
+    twin = on_day.iloc[[len(on_day) // 2]].assign(flight=9999)
+    return write_source(tmp_path / "source", pd.concat([flights, twin], ignore_index=True), real_weather)
+
+
+def test_a_feature_table_failing_its_check_is_not_published(tmp_path, double_booked_source):
+    instance = dg.DagsterInstance.ephemeral()
+    graph = Graph(tmp_path / "data", double_booked_source, instance)
+    assert graph.run(REFERENCE).success
+    result = graph.run(["raw_flights", "departures", "aircraft_last_departure"], (DAY, DAY))
+
+    assert not result.success
+    checks = {
+        e.asset_check_evaluation_data.asset_key.to_user_string(): e.asset_check_evaluation_data.passed
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+    assert checks == {"raw_flights": True, "departures": True, "aircraft_last_departure": False}
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failure.step_key == "aircraft_last_departure"
+    message = failure.event_specific_data.error.message
+    assert "aircraft_last_departure" in message and "schema" in message, message
+    # Feast reads offline/<table>/*.parquet: nothing of that day may be there, not even for a moment.
+    offline = graph.data_dir / "offline" / "aircraft_last_departure"
+    assert not offline.exists() or not any(offline.iterdir()), sorted(p.name for p in offline.iterdir())
+    assert DAY not in instance.get_materialized_partitions(dg.AssetKey("aircraft_last_departure"))
+    assert DAY in instance.get_materialized_partitions(dg.AssetKey("departures"))
