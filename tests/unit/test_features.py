@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from flight_delay import data
 from flight_delay import feature_tables as F
 from flight_delay.flights import LOCAL_TZ, schedule_features
 
@@ -223,3 +224,35 @@ def test_weather_drops_impossible_wind(real_weather):
     table = F.origin_hourly_weather(weather)
     assert table["wind_speed"].max() <= F.MAX_PLAUSIBLE_WIND_MPH
     assert table["wind_speed"].isna().sum() == weather["wind_speed"].isna().sum() + 1
+
+
+def test_weather_is_known_when_its_hour_is_reported(real_weather):
+    table = F.origin_hourly_weather(real_weather)
+    hour = real_weather.sort_values(["time_hour", "origin"]).iloc[40]
+    assert (table["event_timestamp"].dt.minute == 51).all()
+    request = pd.DataFrame(
+        {
+            "origin": [str(hour["origin"])] * 2,
+            "event_timestamp": hour["time_hour"] + pd.to_timedelta([50, 51], unit="min"),
+        }
+    )
+    joined = pd.merge_asof(request, table, on="event_timestamp", by="origin")
+    # At :50 the hour's reports are not all in: the row known then is the previous hour's.
+    previous = real_weather[
+        (real_weather["origin"] == hour["origin"])
+        & (real_weather["time_hour"] == hour["time_hour"] - pd.Timedelta("1h"))
+    ]
+    assert joined["pressure"].tolist() == [previous["pressure"].item(), hour["pressure"]]
+
+
+def test_weather_stays_on_its_local_day_all_year():
+    """The stamp moves within the hour only: every row of the year, the daylight-saving days
+    included, stays in the partition (local day) of the hour it describes."""
+    weather = data.read_table("weather")
+    table = F.origin_hourly_weather(weather).set_index(["origin", "event_timestamp"])
+    stamps = weather["time_hour"] + F.WEATHER_REPORTED_AFTER_HOUR
+    assert table.index.isin(list(zip(weather["origin"].astype(str), stamps))).all()
+    assert len(table) == len(weather)
+    local = stamps.dt.tz_convert(LOCAL_TZ)
+    assert (local.dt.strftime("%Y-%m-%d") == data.local_day(weather)).all()
+    assert (local.dt.hour == weather["hour"]).all() and (local.dt.minute == 51).all()
