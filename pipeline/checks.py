@@ -3,8 +3,12 @@
 Every validated asset declares a blocking ``schema`` check and yields its result with the
 failure cases attached. A blocking check only stops downstream steps of the *same* run, so the
 assets that read raw data validate it again (``require_valid``) and refuse to build from a day
-that fails, whatever run produced it.
+that fails, whatever run produced it; and the assets others read (departures, the feature tables
+Feast reads) are published only once their check has passed (``publish_if_valid``).
 """
+
+from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -39,15 +43,40 @@ def check_result(asset: str, result: schemas.ValidationResult) -> dg.AssetCheckR
     )
 
 
-def require_valid(what: str, result: schemas.ValidationResult) -> None:
-    """Raise a Dagster ``Failure`` naming what was expected when ``result`` has failures."""
-    if result.passed:
-        return
-    raise dg.Failure(
-        description=f"{what} failed validation ({len(result.failure_cases)} failure cases); "
-        "nothing is built from it. Fix the source data and re-materialize the partition.",
+def _failure(what: str, result: schemas.ValidationResult, consequence: str) -> dg.Failure:
+    return dg.Failure(
+        description=f"{what} failed validation ({len(result.failure_cases)} failure cases); {consequence}. "
+        "Fix the source data and re-materialize the partition.",
         metadata={"failure_cases": dg.MetadataValue.md(result.summary(limit=50))},
     )
+
+
+def require_valid(what: str, result: schemas.ValidationResult) -> None:
+    """Raise a Dagster ``Failure`` naming what was expected when ``result`` has failures."""
+    if not result.passed:
+        raise _failure(what, result, "nothing is built from it")
+
+
+def publish_if_valid(
+    asset: str, frame: pd.DataFrame, result: schemas.ValidationResult, metadata: dict[str, Any]
+) -> Iterator[dg.Output | dg.AssetCheckResult]:
+    """The asset's ``Output`` and its ``schema`` check result, the ``Output`` only if it passed.
+
+    The IO manager writes an ``Output`` the moment it is yielded, where readers (Feast, later runs)
+    find it, so the check comes first: a failing frame yields its failed check (failure cases
+    attached) and fails the step, and nothing is written; a passing one is written, then its
+    check result is recorded against that materialization.
+    """
+    check = check_result(asset, result)
+    if not result.passed:
+        yield check
+        raise _failure(
+            f"{asset}: its blocking check '{SCHEMA_CHECK}' ({result.schema})",
+            result,
+            f"expected every row to pass it; {asset} was not written and keeps what it had",
+        )
+    yield dg.Output(frame, metadata=metadata)
+    yield check
 
 
 def validate_raw_flights(frame: pd.DataFrame, airports: pd.DataFrame, days: list[str]) -> schemas.ValidationResult:

@@ -8,7 +8,7 @@ import pandas as pd
 
 from flight_delay import feature_tables as tables
 from flight_delay import schemas
-from pipeline.checks import check_result, require_valid, schema_check_spec, validate_raw_weather
+from pipeline.checks import publish_if_valid, require_valid, schema_check_spec, validate_raw_weather
 from pipeline.partitions import daily_asset
 
 GROUP = "feature_tables"
@@ -37,12 +37,13 @@ warnings.filterwarnings(
 )
 
 
-def _lookback(days: int) -> dg.AssetIn:
-    """The same days and the ``days`` before them (absent before the first partition)."""
+def _lookback(spec: tables.ActivityWindow | tables.DelayRateWindow) -> dg.AssetIn:
+    """The same days and the ``spec.lookback_days`` before them (absent before the first
+    partition): what each day of the table is computed from, alone or in a range."""
     return dg.AssetIn(
         "departures",
         partition_mapping=dg.TimeWindowPartitionMapping(
-            start_offset=-days, end_offset=0, allow_nonexistent_upstream_partitions=True
+            start_offset=-spec.lookback_days, end_offset=0, allow_nonexistent_upstream_partitions=True
         ),
     )
 
@@ -53,8 +54,10 @@ def _window(context: dg.AssetExecutionContext) -> tuple[pd.Timestamp, pd.Timesta
 
 
 def _table(name: str, frame: pd.DataFrame) -> FeatureTable:
-    yield dg.Output(frame, metadata={"rows": len(frame), "columns": dg.MetadataValue.json(list(frame.columns))})
-    yield check_result(name, schemas.validate(schemas.FEATURE_TABLE_SCHEMAS[name], frame))
+    """The table, written where Feast reads it only once its schema check has passed."""
+    result = schemas.validate(schemas.FEATURE_TABLE_SCHEMAS[name], frame)
+    metadata = {"rows": len(frame), "columns": dg.MetadataValue.json(list(frame.columns))}
+    yield from publish_if_valid(name, frame, result, metadata)
 
 
 @dg.asset(**_feature_table_asset("origin_hourly_weather", "event_timestamp"))
@@ -65,14 +68,20 @@ def origin_hourly_weather(context: dg.AssetExecutionContext, raw_weather: pd.Dat
     yield from _table("origin_hourly_weather", tables.origin_hourly_weather(raw_weather))
 
 
-@dg.asset(**_feature_table_asset("origin_1h_departures", "event_timestamp", ins={"departures": _lookback(1)}))
+@dg.asset(
+    **_feature_table_asset("origin_1h_departures", "event_timestamp", ins={"departures": _lookback(tables.ORIGIN_1H)})
+)
 def origin_1h_departures(context: dg.AssetExecutionContext, departures: pd.DataFrame) -> FeatureTable:
     """Origin activity over the last hour, every 5 minutes (streamed)."""
     start, end = _window(context)
     yield from _table("origin_1h_departures", tables.departure_activity(departures, tables.ORIGIN_1H, start, end))
 
 
-@dg.asset(**_feature_table_asset("origin_carrier_3h_departures", "event_timestamp", ins={"departures": _lookback(1)}))
+@dg.asset(
+    **_feature_table_asset(
+        "origin_carrier_3h_departures", "event_timestamp", ins={"departures": _lookback(tables.ORIGIN_CARRIER_3H)}
+    )
+)
 def origin_carrier_3h_departures(context: dg.AssetExecutionContext, departures: pd.DataFrame) -> FeatureTable:
     """Carrier activity per origin over 3 hours, every 15 minutes (streamed)."""
     start, end = _window(context)
@@ -86,14 +95,18 @@ def aircraft_last_departure(departures: pd.DataFrame) -> FeatureTable:
     yield from _table("aircraft_last_departure", tables.aircraft_last_departure(departures))
 
 
-@dg.asset(**_feature_table_asset("carrier_7d_delays", "event_timestamp", ins={"departures": _lookback(7)}))
+@dg.asset(
+    **_feature_table_asset("carrier_7d_delays", "event_timestamp", ins={"departures": _lookback(tables.CARRIER_7D)})
+)
 def carrier_7d_delays(context: dg.AssetExecutionContext, departures: pd.DataFrame) -> FeatureTable:
     """Carrier late rate and mean delay over the 7 previous days."""
     days = list(context.partition_keys)
     yield from _table("carrier_7d_delays", tables.daily_delay_rates(departures, tables.CARRIER_7D, days[0], days[-1]))
 
 
-@dg.asset(**_feature_table_asset("route_28d_delays", "event_timestamp", ins={"departures": _lookback(28)}))
+@dg.asset(
+    **_feature_table_asset("route_28d_delays", "event_timestamp", ins={"departures": _lookback(tables.ROUTE_28D)})
+)
 def route_28d_delays(context: dg.AssetExecutionContext, departures: pd.DataFrame) -> FeatureTable:
     """Route late rate and mean delay over the 28 previous days."""
     days = list(context.partition_keys)

