@@ -275,6 +275,19 @@ class ModelRegistry:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
+    def stamp(self, name: str) -> tuple[int, ...]:
+        """Changes whenever a decision about ``name`` is recorded or a version of it is added (cheap:
+        two stats, for watchers that poll)."""
+        stamp: list[int] = []
+        for path in (self._history_file(name), self.home / "models" / name):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                stamp += [0, 0, 0]
+            else:  # the size too: two appends within one mtime tick still differ
+                stamp += [st.st_mtime_ns, st.st_size, st.st_ino]
+        return tuple(stamp)
+
     def history(self, name: str) -> list[ChampionEvent]:
         """Every decision about ``name``, oldest first."""
         return _read_history(self._history_file(name))[0]

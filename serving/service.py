@@ -71,7 +71,7 @@ class FlightDelayService:
         threadpool_limits(1)
         s = self.settings = ServingSettings.from_env()
         self.registry = ModelRegistry(s.layout.bentoml_home)
-        self.router = ModelRouter(self.registry, s.model_name, s.challenger, s.challenger_weight, s.refresh_seconds)
+        self.router = ModelRouter(self.registry, s.model_name, s.refresh_seconds, can_serve=lambda spec: None)
         self.online = OnlineFeatures(
             build_store(s.repo_path, s.layout.feast_state, s.online_store_url),
             FLIGHT_DELAY_SERVICE,
