@@ -48,6 +48,13 @@ class ConflictError(LookupError):
         self.expected, self.actual = expected, actual
 
 
+def _check_challenge(mode: Any, share: Any) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if not (isinstance(share, int | float) and math.isfinite(share) and 0 <= share <= 1):
+        raise ValueError(f"share must be a number from 0 to 1; got {share!r}")
+
+
 @dataclass(frozen=True)
 class ChampionEvent:
     """One line of the history: a decision about which model serves."""
@@ -63,6 +70,8 @@ class ChampionEvent:
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
             raise ValueError(f"action {self.action!r} is not one of {', '.join(ACTIONS)}")
+        if self.action == "challenge":
+            _check_challenge(self.details.get("mode"), self.details.get("share"))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -387,10 +396,7 @@ class ModelRegistry:
         """Make ``tag`` the challenger of ``expected_champion``: in ``mode`` "split" it takes ``share``
         of the flights (0 to 1); in "shadow" it is scored beside the champion and answers none. A
         barred model (rejected, rolled back from, retired) needs ``force``."""
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-        if not (isinstance(share, int | float) and math.isfinite(share) and 0 <= share <= 1):
-            raise ValueError(f"share must be a number from 0 to 1; got {share!r}")
+        _check_challenge(mode, share)
         tag = self.canonical(name, tag)
 
         def decide(state: RegistryState) -> ChampionEvent:

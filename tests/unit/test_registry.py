@@ -370,3 +370,13 @@ def test_cli_promote_challenge_retire_rollback_and_state(registry, capsys):
     assert main([*home, "history"]) == 0
     actions = [json.loads(line)["action"] for line in capsys.readouterr().out.splitlines()]
     assert actions == ["promote", "promote", "challenge", "retire", "rollback"]
+
+
+def test_an_event_that_breaks_the_rules_is_an_error_naming_its_line(registry):
+    (a,) = _models(registry, 1)
+    registry.promote("m", a, "first", expected_champion=None)
+    bad = {**json.loads(_history_file(registry).read_text()), "action": "challenge", "details": {"share": 2}}
+    with open(_history_file(registry), "a") as fh:
+        fh.write(json.dumps(bad) + "\n")
+    with pytest.raises(ValueError, match="m.jsonl:2: not a champion event.*mode must be one of split, shadow"):
+        registry.state("m")
