@@ -465,7 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     promote.add_argument("--reason", required=True)
     promote.add_argument("--expect", required=True, help="the current champion ('none' before the first)")
     rollback = sub.add_parser("rollback", help="restore an earlier champion; the current one is barred")
-    rollback.add_argument("--to", dest="to_tag", default=None, help="which earlier champion (default: the last)")
+    rollback.add_argument(
+        "--to", dest="to_tag", default=None, help="which earlier champion (default: the most recent one not barred)"
+    )
     rollback.add_argument("--reason", required=True)
     rollback.add_argument(
         "--expect", default=None, help="the champion to roll back from" + read_expect.format("champion")
