@@ -25,6 +25,7 @@ from flight_delay.model import (
     PACKED_ENDPOINT,
     PARITY_TOLERANCE,
     SERVING_ENDPOINT,
+    SPEC_FILE,
     FeatureSpec,
     to_model_inputs,
 )
@@ -258,10 +259,7 @@ class ServingModel:
 
     def __init__(self, path: Path) -> None:
         path = Path(path)
-        spec_file = path / "feature_spec.json"
-        if not spec_file.exists():
-            raise FileNotFoundError(f"{spec_file} is missing: expected a model exported by flight_delay.model.export")
-        self.spec = FeatureSpec.from_json(json.loads(spec_file.read_text()))
+        self.spec = FeatureSpec.read(path)
         self._serve = self._load_saved_model(path)
         bins_file = path / "feature_bins.json"
         self.bins: dict[str, list[float]] = json.loads(bins_file.read_text()) if bins_file.exists() else {}
@@ -275,7 +273,7 @@ class ServingModel:
             return
         forward = NumpyForward.load(forward_file)
         if forward.numeric != self.spec.numeric or forward.categorical != self.spec.categorical:
-            raise ValueError(f"{forward_file}: its columns differ from {spec_file}; re-export the model")
+            raise ValueError(f"{forward_file}: its columns differ from {path / SPEC_FILE}; re-export the model")
         probe = forward.probe_inputs()
         diff = float(np.max(np.abs(self._predict_tf(probe) - forward.predict_inputs(probe))))
         if not diff <= PARITY_TOLERANCE:  # NaN fails too

@@ -39,6 +39,7 @@ SERVING_ENDPOINT = "serve"
 # Two tensors (all numerics, all categories) instead of one per feature: converting every input
 # separately per call cost more than the network itself on the service's hot path.
 PACKED_ENDPOINT = "serve_packed"
+SPEC_FILE = "feature_spec.json"  # which columns an exported model reads (FeatureSpec)
 # The network's weights and preprocessing as plain arrays, next to the SavedModel (which stays
 # the canonical artifact), for the numpy forward pass of flight_delay.forward.
 FORWARD_FILE = "forward.npz"
@@ -66,6 +67,14 @@ class FeatureSpec:
     @classmethod
     def from_json(cls, value: dict[str, list[str]]) -> FeatureSpec:
         return cls(numeric=tuple(value["numeric"]), categorical=tuple(value["categorical"]))
+
+    @classmethod
+    def read(cls, model_dir: Path) -> FeatureSpec:
+        """The spec of an exported model, from its folder (without loading the model)."""
+        spec_file = Path(model_dir) / SPEC_FILE
+        if not spec_file.exists():
+            raise FileNotFoundError(f"{spec_file} is missing: expected a model exported by flight_delay.model.export")
+        return cls.from_json(json.loads(spec_file.read_text()))
 
 
 @dataclass(frozen=True)
@@ -309,7 +318,7 @@ def export(trained: TrainedModel, path: Path) -> None:
         ],
     )
     archive.write_out(str(path), verbose=False)
-    (path / "feature_spec.json").write_text(json.dumps(trained.spec.to_json(), indent=2))
+    (path / SPEC_FILE).write_text(json.dumps(trained.spec.to_json(), indent=2))
     (path / "training_config.json").write_text(json.dumps(asdict(trained.config), indent=2))
     (path / "feature_bins.json").write_text(json.dumps(trained.bins, indent=2))
     if trained.preprocessing:

@@ -1,40 +1,166 @@
-"""The model registry: immutable, versioned BentoML models and a champion pointer with history.
+"""The model registry: immutable, versioned BentoML models and the champion history.
 
 Each trained model is a BentoML model (``bentoml.models.create``) whose folder holds the exported
 SavedModel; labels and metadata carry its metrics, feature service, training window and lineage.
-The champion pointer is an append-only JSON-lines log: the last line is the current champion and
-every earlier line stays, so a rollback can restore any previous champion. Pipeline and service
-both use this module; it imports neither Dagster nor the serving code.
+A version appears in the store in one rename, complete, or not at all.
+
+What serves is decided by events in an append-only JSON-lines history per model name
+(``champions/<name>.jsonl``): ``promote``, ``rollback``, ``challenge``, ``retire`` and ``reject``.
+The current state (champion, challenger, barred models, earlier champions) is the fold of those
+events (:func:`fold`). Every change is a compare-and-set: the caller says which champion (or
+challenger) it decided against, and the decision is checked and written under one file lock, so
+two concurrent changes can never both win. Pipeline and service both use this module; it
+imports neither Dagster nor the serving code.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
+import math
 import os
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 MODEL_SUBDIR = "saved_model"
+MODEL_YAML = "model.yaml"
+STAGING_DIR = ".incoming"  # beside models/, on the same file system, so a version moves in by rename
+ACTIONS = ("promote", "rollback", "challenge", "retire", "reject")
+MODES = ("split", "shadow")
+
+
+class ConflictError(LookupError):
+    """The registry is not in the state the caller decided against (compare-and-set failed)."""
+
+    def __init__(self, name: str, what: str, expected: str | None, actual: str | None) -> None:
+        super().__init__(
+            f"{name}: expected {what} {expected or 'none'}, actual {actual or 'none'}: the registry changed "
+            "since it was read; read the state again and decide again"
+        )
+        self.expected, self.actual = expected, actual
+
+
+def _check_challenge(mode: Any, share: Any) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if not (isinstance(share, int | float) and math.isfinite(share) and 0 <= share <= 1):
+        raise ValueError(f"share must be a number from 0 to 1; got {share!r}")
 
 
 @dataclass(frozen=True)
 class ChampionEvent:
-    """One line of the champion history."""
+    """One line of the history: a decision about which model serves."""
 
     model_name: str
     tag: str
-    action: str  # "promote" or "rollback"
+    action: str  # one of ACTIONS
     reason: str
     at: str
-    previous: str | None
+    previous: str | None  # the champion when the decision was made
+    details: dict[str, Any] = field(default_factory=dict)  # challenge: mode, share, forced
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise ValueError(f"action {self.action!r} is not one of {', '.join(ACTIONS)}")
+        if self.action == "challenge":
+            _check_challenge(self.details.get("mode"), self.details.get("share"))
 
     def to_json(self) -> str:
-        return json.dumps(self.__dict__, sort_keys=True)
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Challenger:
+    tag: str
+    mode: str  # "split": takes ``share`` of the flights; "shadow": scored beside the champion, answers none
+    share: float
+
+
+@dataclass(frozen=True)
+class RegistryState:
+    """What the history says now."""
+
+    champion: str | None
+    challenger: Challenger | None
+    barred: dict[str, str]  # tag -> why it may not take traffic again unless named explicitly
+    previous_champions: tuple[str, ...]  # most recent first, the champion excluded
+
+    @property
+    def serving(self) -> tuple[str, ...]:
+        """The tags that take traffic: the champion, then the challenger."""
+        return tuple(t for t in (self.champion, self.challenger.tag if self.challenger else None) if t)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def fold(events: Iterable[ChampionEvent]) -> RegistryState:
+    """The state a history leads to."""
+    champion: str | None = None
+    challenger: Challenger | None = None
+    barred: dict[str, str] = {}
+    previous: list[str] = []
+    for e in events:
+        if e.action in ("promote", "rollback"):
+            if e.action == "rollback" and champion is not None:
+                barred[champion] = f"rolled back from at {e.at}: {e.reason}"
+            else:
+                barred.pop(e.tag, None)  # an explicit promotion lifts a bar
+            previous = [t for t in previous if t != e.tag]
+            if champion is not None and champion != e.tag:
+                previous.insert(0, champion)
+            champion = e.tag
+        elif e.action == "challenge":
+            challenger = Challenger(e.tag, e.details["mode"], float(e.details["share"]))
+            barred.pop(e.tag, None)
+            continue
+        else:  # retire, reject
+            barred[e.tag] = f"{'retired' if e.action == 'retire' else 'rejected'} at {e.at}: {e.reason}"
+        if challenger is not None and challenger.tag == e.tag:
+            challenger = None
+    return RegistryState(champion, challenger, barred, tuple(previous))
+
+
+def _read_history(path: Path) -> tuple[list[ChampionEvent], int | None]:
+    """The events of a history file, and the offset where a torn last line starts (None if whole).
+
+    A crash or a full disk can leave the last line partial or NUL-filled: it is ignored (the next
+    append cuts it off). An unreadable line followed by others is damage no crash explains: an error.
+    """
+    if not path.exists():
+        return [], None
+    data = path.read_bytes()
+    lines: list[tuple[int, int, bytes]] = []  # (line number, offset, bytes)
+    offset = 0
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if raw.strip():
+            lines.append((number, offset, raw))
+        offset += len(raw) + 1
+    events = []
+    for i, (number, offset, raw) in enumerate(lines):
+        try:
+            fields = json.loads(raw.decode())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            if i == len(lines) - 1:
+                log.warning("%s:%d: torn last line ignored (%d bytes: %r)", path, number, len(raw), raw[:60])
+                return events, offset
+            raise ValueError(
+                f"{path}:{number}: not a champion event: {raw[:200]!r}; {len(lines) - 1 - i} more lines follow "
+                "it, so it is no torn write: repair the file by hand"
+            ) from exc
+        try:
+            events.append(ChampionEvent(**fields))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}:{number}: not a champion event: {raw[:200]!r} ({exc})") from exc
+    return events, None
 
 
 class ModelRegistry:
@@ -57,36 +183,94 @@ class ModelRegistry:
         labels: dict[str, str],
         metadata: dict[str, Any],
     ) -> str:
-        """Create a new immutable model version; ``write`` fills its folder. Returns the tag."""
+        """Create a new immutable model version; ``write`` fills its folder. Returns the tag.
+
+        BentoML writes the model in a temporary folder and then copies it into the store, where a
+        reader could see it half-copied; here the copy goes to a staging store beside it and the
+        finished version is moved in with one rename.
+        """
         import bentoml
+        from bentoml._internal.models.model import ModelStore
 
         bad = {k: v for k, v in labels.items() if not isinstance(v, str)}
         if bad:
             raise TypeError(f"BentoML labels must be strings; got {bad}")
-        with bentoml.models.create(name, labels=labels, metadata=metadata, _model_store=self._store) as model:
-            write(Path(model.path) / MODEL_SUBDIR)
-        return str(model.tag)
+        staging = self.home / STAGING_DIR
+        staging.mkdir(exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=staging) as tmp:
+            with bentoml.models.create(name, labels=labels, metadata=metadata, _model_store=ModelStore(tmp)) as model:
+                write(Path(model.path) / MODEL_SUBDIR)
+                if not (Path(model.path) / MODEL_SUBDIR).is_dir():
+                    raise ValueError(f"registering {model.tag}: write() created no {MODEL_SUBDIR}/ folder")
+            tag = model.tag
+            target = self.home / "models" / tag.path()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(Path(tmp) / tag.path(), target)
+        latest = staging / f"{tag.version}.latest"  # BentoML's own "latest" pointer, for its CLI
+        latest.write_text(str(tag.version))
+        os.replace(latest, self.home / "models" / tag.latest_path())
+        return str(tag)
+
+    def _complete(self, model: Any, where: str) -> Any:
+        if not Path(model.path, MODEL_SUBDIR).is_dir():
+            raise LookupError(f"model {where} is incomplete: no {MODEL_SUBDIR}/ (a copy cut short?)")
+        return model
 
     def get(self, tag: str) -> Any:
-        """The BentoML model of ``tag`` (``name:version``); raises if the store has no such tag."""
-        import bentoml
+        """The BentoML model of ``tag`` (``name:version``); raises if the store has no complete such tag."""
+        from bentoml._internal.tag import Tag
+        from bentoml.exceptions import NotFound
 
+        parsed = Tag.from_taglike(tag)
         try:
-            return bentoml.models.get(tag, _model_store=self._store)
-        except bentoml.exceptions.NotFound as exc:
+            model = self._store.get(parsed)
+        except NotFound as exc:
             raise LookupError(f"model {tag!r} is not in the registry at {self.home}") from exc
+        except Exception as exc:  # still being copied, or cut short: no model.yaml, a torn one
+            raise LookupError(f"model {tag!r} in {self.home} is incomplete: {type(exc).__name__}: {exc}") from exc
+        return self._complete(model, f"{tag!r} in {self.home}")
+
+    def canonical(self, name: str, tag: str) -> str:
+        """``tag`` resolved through the store to ``name:version``; a floating tag (``name`` alone,
+        ``name:latest``) is refused: the history must say which model served."""
+        from bentoml._internal.tag import Tag
+
+        parsed = Tag.from_taglike(tag)
+        if parsed.version in (None, "latest"):
+            raise ValueError(
+                f"expected a model version as name:version, got {tag!r}, a floating pointer; "
+                f"the versions of {name} are listed by `python -m flight_delay.registry --model {name} state`"
+                " and ModelRegistry.list"
+            )
+        if parsed.name != name:
+            raise ValueError(f"{tag} is not a version of {name}")
+        return str(self.get(str(parsed)).tag)
 
     def model_dir(self, tag: str) -> Path:
         """Folder of the exported SavedModel of ``tag``."""
         return Path(self.get(tag).path) / MODEL_SUBDIR
 
     def list(self, name: str) -> list[str]:
-        """Every version of ``name``, oldest first."""
-        models = list(self._store.list(name))
+        """Every complete version of ``name``, oldest first; incomplete ones are skipped with a warning."""
+        from bentoml._internal.models.model import Model
+
+        folder = self.home / "models" / name
+        models = []
+        for version in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if not version.is_dir():
+                continue  # BentoML's "latest" pointer
+            try:
+                model = self._complete(Model.from_path(version), str(version))
+                if str(model.tag) != f"{name}:{version.name}":
+                    raise LookupError(f"{version / MODEL_YAML} names {model.tag}, not {name}:{version.name}")
+            except Exception as exc:  # a version cut short can fail in any way while it is parsed
+                log.warning("skipping %s: not a complete model version (%s: %s)", version, type(exc).__name__, exc)
+                continue
+            models.append(model)
         models.sort(key=lambda m: m.info.creation_time)
         return [str(m.tag) for m in models]
 
-    # -- champion pointer ---------------------------------------------------------------------
+    # -- history ------------------------------------------------------------------------------
     def _history_file(self, name: str) -> Path:
         return self._history_dir / f"{name}.jsonl"
 
@@ -100,96 +284,242 @@ class ModelRegistry:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def history(self, name: str) -> list[ChampionEvent]:
-        """Every champion change of ``name``, oldest first."""
-        path = self._history_file(name)
-        if not path.exists():
-            return []
-        events = []
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
+    def stamp(self, name: str) -> tuple[int, ...]:
+        """Changes whenever a decision about ``name`` is recorded or a version of it is added (cheap:
+        two stats, for watchers that poll)."""
+        stamp: list[int] = []
+        for path in (self._history_file(name), self.home / "models" / name):
             try:
-                events.append(ChampionEvent(**json.loads(line)))
-            except (json.JSONDecodeError, TypeError) as exc:
-                raise ValueError(f"{path}:{number}: not a champion event: {line[:200]!r}") from exc
-        return events
+                st = path.stat()
+            except FileNotFoundError:
+                stamp += [0, 0, 0]
+            else:  # the size too: two appends within one mtime tick still differ
+                stamp += [st.st_mtime_ns, st.st_size, st.st_ino]
+        return tuple(stamp)
+
+    def history(self, name: str) -> list[ChampionEvent]:
+        """Every decision about ``name``, oldest first."""
+        return _read_history(self._history_file(name))[0]
+
+    def state(self, name: str) -> RegistryState:
+        """Champion, challenger, barred models and earlier champions of ``name`` now."""
+        return fold(self.history(name))
 
     def champion(self, name: str) -> str | None:
         """Tag of the current champion of ``name``, or None before the first promotion."""
-        events = self.history(name)
-        return events[-1].tag if events else None
+        return self.state(name).champion
 
-    def _append(self, name: str, tag: str, action: str, reason: str) -> ChampionEvent:
-        self.get(tag)  # refuse to point at a model the store does not have
+    def _record(self, name: str, decide: Callable[[RegistryState], ChampionEvent]) -> ChampionEvent:
+        """Read the state, decide and append the event, all under the lock."""
         with self._locked(name) as path:
-            previous = self.champion(name)
-            event = ChampionEvent(
-                model_name=name,
-                tag=tag,
-                action=action,
-                reason=reason,
-                at=datetime.now(UTC).isoformat(),
-                previous=previous,
-            )
-            with open(path, "a") as fh:
-                fh.write(event.to_json() + "\n")
+            events, torn_at = _read_history(path)
+            event = decide(fold(events))
+            with open(path, "a+b") as fh:
+                if torn_at is not None:
+                    fh.truncate(torn_at)
+                    log.warning("%s: cut off the torn last line at byte %d", path, torn_at)
+                end = fh.seek(0, os.SEEK_END)
+                newline = b""
+                if end:
+                    fh.seek(end - 1)
+                    newline = b"" if fh.read(1) == b"\n" else b"\n"  # a whole last line without its newline
+                fh.write(newline + event.to_json().encode() + b"\n")
                 fh.flush()
                 os.fsync(fh.fileno())
         return event
 
-    def promote(self, name: str, tag: str, reason: str) -> ChampionEvent:
-        """Make ``tag`` the champion of ``name``."""
-        return self._append(name, tag, "promote", reason)
+    @staticmethod
+    def _event(name: str, tag: str, action: str, reason: str, state: RegistryState, **details: Any) -> ChampionEvent:
+        at = datetime.now(UTC).isoformat()
+        return ChampionEvent(name, tag, action, reason, at, state.champion, details)
 
-    def rollback(self, name: str, reason: str, to_tag: str | None = None) -> ChampionEvent:
-        """Restore ``to_tag``, or by default the champion before the current one."""
-        events = self.history(name)
-        if not events:
-            raise LookupError(f"{name} has no champion to roll back from")
-        if to_tag is None:
-            current = events[-1].tag
-            earlier = [e.tag for e in reversed(events) if e.tag != current]
-            if not earlier:
-                raise LookupError(f"{name} has had a single champion ({current}); nothing to roll back to")
-            to_tag = earlier[0]
-        elif to_tag not in {e.tag for e in events}:
-            raise LookupError(f"{to_tag} was never a champion of {name}; rollback restores earlier champions")
-        return self._append(name, to_tag, "rollback", reason)
+    @staticmethod
+    def _expect_champion(name: str, state: RegistryState, expected: str | None) -> None:
+        if state.champion != expected:
+            raise ConflictError(name, "champion", expected, state.champion)
+
+    def promote(self, name: str, tag: str, reason: str, expected_champion: str | None) -> ChampionEvent:
+        """Make ``tag`` the champion of ``name`` if ``expected_champion`` still is (None: no champion
+        yet). An explicit promotion also lifts a bar (rejected, rolled back, retired)."""
+        tag = self.canonical(name, tag)
+
+        def decide(state: RegistryState) -> ChampionEvent:
+            self._expect_champion(name, state, expected_champion)
+            if state.champion == tag:
+                raise ValueError(f"{tag} is already the champion of {name}")
+            return self._event(name, tag, "promote", reason, state)
+
+        return self._record(name, decide)
+
+    def rollback(
+        self, name: str, reason: str, expected_champion: str | None, to_tag: str | None = None
+    ) -> ChampionEvent:
+        """Restore ``to_tag``, or by default the most recent earlier champion that is not barred; the
+        champion rolled back from is barred."""
+        target = self.canonical(name, to_tag) if to_tag is not None else None
+
+        def decide(state: RegistryState) -> ChampionEvent:
+            self._expect_champion(name, state, expected_champion)
+            if state.champion is None:
+                raise LookupError(f"{name} has no champion to roll back from")
+            if target is None:
+                allowed = [t for t in state.previous_champions if t not in state.barred]
+                if not allowed:
+                    raise LookupError(
+                        f"{name} has no earlier champion to roll back to (earlier: "
+                        f"{list(state.previous_champions) or 'none'}, all barred or none)"
+                    )
+                return self._event(name, allowed[0], "rollback", reason, state)
+            if target == state.champion:
+                raise ValueError(f"{target} is already the champion of {name}")
+            if target not in state.previous_champions:
+                raise LookupError(f"{target} was never a champion of {name}; rollback restores earlier champions")
+            if target in state.barred:
+                raise ValueError(
+                    f"{target} was {state.barred[target]}; a rollback restores a model that served well: "
+                    "promote it explicitly if you mean it"
+                )
+            return self._event(name, target, "rollback", reason, state)
+
+        return self._record(name, decide)
+
+    def challenge(
+        self,
+        name: str,
+        tag: str,
+        mode: str,
+        share: float,
+        reason: str,
+        expected_champion: str | None,
+        force: bool = False,
+    ) -> ChampionEvent:
+        """Make ``tag`` the challenger of ``expected_champion``: in ``mode`` "split" it takes ``share``
+        of the flights (0 to 1); in "shadow" it is scored beside the champion and answers none. A
+        barred model (rejected, rolled back from, retired) needs ``force``."""
+        _check_challenge(mode, share)
+        tag = self.canonical(name, tag)
+
+        def decide(state: RegistryState) -> ChampionEvent:
+            self._expect_champion(name, state, expected_champion)
+            if state.champion is None:
+                raise LookupError(f"{name} has no champion to challenge")
+            if tag == state.champion:
+                raise ValueError(f"{tag} is the champion of {name}; a challenger is another model")
+            if tag in state.barred and not force:
+                raise ValueError(
+                    f"{tag} was {state.barred[tag]}; pass force=True (--force) to make it the challenger anyway"
+                )
+            return self._event(name, tag, "challenge", reason, state, mode=mode, share=float(share), forced=force)
+
+        return self._record(name, decide)
+
+    def retire(self, name: str, reason: str, expected_challenger: str) -> ChampionEvent:
+        """Remove the challenger ``expected_challenger`` and bar it."""
+
+        def decide(state: RegistryState) -> ChampionEvent:
+            actual = state.challenger.tag if state.challenger else None
+            if actual != expected_challenger:
+                raise ConflictError(name, "challenger", expected_challenger, actual)
+            return self._event(name, expected_challenger, "retire", reason, state)
+
+        return self._record(name, decide)
+
+    def reject(self, name: str, tag: str, reason: str) -> ChampionEvent:
+        """Record that a candidate was judged and not promoted: it is barred from traffic."""
+        tag = self.canonical(name, tag)
+
+        def decide(state: RegistryState) -> ChampionEvent:
+            if tag == state.champion:
+                raise ValueError(f"{tag} is the champion of {name}; roll it back instead of rejecting it")
+            return self._event(name, tag, "reject", reason, state)
+
+        return self._record(name, decide)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m flight_delay.registry {history,promote,rollback}`` over a data folder."""
+    """``python -m flight_delay.registry {history,state,promote,rollback,challenge,retire}``."""
     import argparse
     import sys
 
     from flight_delay.model import MODEL_NAME
     from flight_delay.paths import DataLayout
 
-    parser = argparse.ArgumentParser(prog="python -m flight_delay.registry")
+    parser = argparse.ArgumentParser(
+        prog="python -m flight_delay.registry",
+        description="Which model serves: every change is recorded in the history and applied only if the "
+        "registry is still in the state it was decided against (else: an error, nothing written).",
+    )
     parser.add_argument(
         "--home", default=None, help="BentoML home (default: $FLIGHT_DELAY_DATA_DIR/bentoml or data/bentoml)"
     )
     parser.add_argument("--model", default=MODEL_NAME)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("history")
-    promote = sub.add_parser("promote")
+    sub.add_parser("history", help="every decision, oldest first, one JSON object a line")
+    sub.add_parser("state", help="champion, challenger, barred models and earlier champions, as JSON")
+    read_expect = (
+        "; omitted, the current {0} is read and expected: reading and writing are two steps, and a change "
+        "made by someone else in between fails with a conflict instead of being overwritten"
+    )
+    promote = sub.add_parser("promote", help="make TAG (name:version) the champion")
     promote.add_argument("tag")
     promote.add_argument("--reason", required=True)
-    rollback = sub.add_parser("rollback")
-    rollback.add_argument("--to", dest="to_tag", default=None)
+    promote.add_argument("--expect", required=True, help="the current champion ('none' before the first)")
+    rollback = sub.add_parser("rollback", help="restore an earlier champion; the current one is barred")
+    rollback.add_argument(
+        "--to", dest="to_tag", default=None, help="which earlier champion (default: the most recent one not barred)"
+    )
     rollback.add_argument("--reason", required=True)
+    rollback.add_argument(
+        "--expect", default=None, help="the champion to roll back from" + read_expect.format("champion")
+    )
+    challenge = sub.add_parser("challenge", help="make TAG the challenger of the champion")
+    challenge.add_argument("tag")
+    challenge.add_argument("--mode", choices=MODES, required=True)
+    challenge.add_argument("--share", type=float, default=None, help="split: share of flights (0 to 1); shadow: 1")
+    challenge.add_argument("--reason", required=True)
+    challenge.add_argument("--force", action="store_true", help="also a rejected, rolled-back or retired model")
+    challenge.add_argument("--expect", default=None, help="the current champion" + read_expect.format("champion"))
+    retire = sub.add_parser("retire", help="remove the challenger and bar it")
+    retire.add_argument("--reason", required=True)
+    retire.add_argument("--expect", default=None, help="the current challenger" + read_expect.format("challenger"))
     args = parser.parse_args(argv)
+    if args.command == "challenge" and args.share is None:
+        if args.mode == "split":
+            parser.error("challenge --mode split needs --share (the share of flights it takes, 0 to 1)")
+        args.share = 1.0
     registry = ModelRegistry(args.home or DataLayout.resolve().bentoml_home)
+    name = args.model
+
+    def expected(current: str | None) -> str | None:
+        given = getattr(args, "expect", None)
+        if given is None:
+            return current
+        return None if given == "none" else registry.canonical(name, given)
+
     try:
+        state = registry.state(name)
+        champion = state.champion
         if args.command == "promote":
-            print(registry.promote(args.model, args.tag, args.reason).to_json())
+            print(registry.promote(name, args.tag, args.reason, expected(champion)).to_json())
         elif args.command == "rollback":
-            print(registry.rollback(args.model, args.reason, args.to_tag).to_json())
+            print(registry.rollback(name, args.reason, expected(champion), args.to_tag).to_json())
+        elif args.command == "challenge":
+            event = registry.challenge(
+                name, args.tag, args.mode, args.share, args.reason, expected(champion), args.force
+            )
+            print(event.to_json())
+        elif args.command == "retire":
+            current = state.challenger.tag if state.challenger else None
+            target = expected(current)
+            if target is None:
+                raise LookupError(f"{name} has no challenger to retire")
+            print(registry.retire(name, args.reason, target).to_json())
+        elif args.command == "state":
+            print(state.to_json())
         else:
-            for event in registry.history(args.model):
+            for event in registry.history(name):
                 print(event.to_json())
-    except LookupError as exc:
+    except (LookupError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -21,7 +21,13 @@ from datetime import datetime
 from typing import Any
 
 from flight_delay.feature_tables import HOURS_SINCE_LAST_DEP, LAST_DEP_UNIX, hours_since
-from flight_delay.flights import ENTITY_KEYS, entity_keys, schedule_features_row
+from flight_delay.flights import (
+    ENTITY_KEYS,
+    SCHEDULE_CATEGORICAL,
+    SCHEDULE_NUMERIC,
+    entity_keys,
+    schedule_features_row,
+)
 
 # What the readiness probe reads: a real entity key of every view (found or not, the store answered).
 PROBE_ROW = entity_keys("EWR", "UA", None, "IAH")
@@ -117,6 +123,21 @@ class OnlineFeatures:
             row = tuple(feast_value_type_to_python_type(values[f]) if f in values else None for f in view.features)
             out.append((ts.timestamp() if ts is not None else None, None if all(v is None for v in row) else row))
         return out
+
+    def can_serve(self, spec: Any) -> str | None:
+        """None when :func:`model_inputs` can build every input of ``spec`` (a FeatureSpec) from a
+        request and this feature service, else what is missing (the router refuses such a model)."""
+        numeric = set(SCHEDULE_NUMERIC) | self.served
+        if LAST_DEP_UNIX in self.served:
+            numeric.add(HOURS_SINCE_LAST_DEP)
+        missing = [c for c in spec.numeric if c not in numeric]
+        missing += [c for c in spec.categorical if c not in set(REQUEST_CATEGORICAL) | self.served]
+        if missing:
+            return (
+                f"inputs {missing} are neither request fields nor features of the service's feature views "
+                f"({', '.join(v.name for v in self.views)})"
+            )
+        return None
 
     def cached_entries(self) -> int:
         return len(self._cache)
@@ -266,6 +287,10 @@ def _service_views(store: Any, service_name: str) -> list[_View]:
     return views
 
 
+# Request fields a model may take as categories, as model_inputs builds them.
+REQUEST_CATEGORICAL: tuple[str, ...] = ("carrier", "origin", "dest", *SCHEDULE_CATEGORICAL)
+
+
 def model_inputs(
     flights: list[Any], rows: FeatureRows, numeric: tuple[str, ...], categorical: tuple[str, ...]
 ) -> dict[str, list[Any]]:
@@ -287,7 +312,7 @@ def model_inputs(
         "carrier": [f.carrier for f in flights],
         "origin": [f.origin for f in flights],
         "dest": [f.dest for f in flights],
-        "weekday": [s["weekday"] for s in schedule],
+        **{c: [s[c] for s in schedule] for c in SCHEDULE_CATEGORICAL},
     }
     for c in categorical:
         inputs[c] = request[c] if c in request else [("" if v is None else str(v)) for v in found[c]]

@@ -83,9 +83,10 @@ class FlightDelayService:
         threadpool_limits(1)
         s = self.settings = ServingSettings.from_env()
         self.registry = ModelRegistry(s.layout.bentoml_home)
-        self.router = ModelRouter(self.registry, s.model_name, s.challenger, s.challenger_weight, s.refresh_seconds)
         store = build_store(s.repo_path, s.layout.feast_state, s.online_store_url)
         self.online = OnlineFeatures(store, FLIGHT_DELAY_SERVICE, s.feature_cache_seconds, s.feature_cache_entries)
+        # A model whose inputs the online features cannot build is refused when it is loaded.
+        self.router = ModelRouter(self.registry, s.model_name, s.refresh_seconds, can_serve=self.online.can_serve)
         self.telemetry = Telemetry()
         self.log = PredictionLogWriter(s.layout.prediction_log, s.log_flush_seconds)
         self.blocking = Blocking(s.io_threads, s.store_timeout_seconds)

@@ -29,8 +29,6 @@ class ServingSettings:
     repo_path: Path
     online_store_url: str | None
     model_name: str
-    challenger: str | None
-    challenger_weight: float
     threshold: float
     max_batch: int
     refresh_seconds: float
@@ -47,15 +45,19 @@ class ServingSettings:
     @classmethod
     def from_env(cls) -> ServingSettings:
         env = os.environ
+        for gone in ("FLIGHT_DELAY_CHALLENGER", "FLIGHT_DELAY_CHALLENGER_WEIGHT"):
+            if gone in env:  # silently ignoring it would serve something else than its author meant
+                raise ValueError(
+                    f"{gone} is no longer read: the challenger, its mode and share are a decision recorded "
+                    "in the registry (python -m flight_delay.registry challenge TAG --mode split --share 0.1 "
+                    "--reason ...); unset it"
+                )
         max_batch = int(_float("FLIGHT_DELAY_MAX_BATCH", 1000, 1, 100_000))
         return cls(
             layout=DataLayout.resolve(),
             repo_path=Path(env.get("FLIGHT_DELAY_FEATURE_REPO") or PROJECT_ROOT).resolve(),
             online_store_url=env.get("FLIGHT_DELAY_ONLINE_STORE") or None,
             model_name=env.get("FLIGHT_DELAY_MODEL", MODEL_NAME),
-            # A tag, "latest" (the newest registered model that is not the champion) or "none".
-            challenger=(env.get("FLIGHT_DELAY_CHALLENGER", "latest") or "latest"),
-            challenger_weight=_float("FLIGHT_DELAY_CHALLENGER_WEIGHT", 0.1, 0.0, 1.0),
             threshold=_float("FLIGHT_DELAY_THRESHOLD", 0.3, 0.0, 1.0),
             max_batch=max_batch,
             refresh_seconds=_float("FLIGHT_DELAY_REFRESH_SECONDS", 0.5, 0.05, 60),

@@ -89,8 +89,9 @@ FUTURE_VALUES = _counter(
 )
 MODEL_LOAD_FAILURES = _counter(
     "model_load_failures_total",
-    "Registry changes whose models failed to load (a broken artifact); the models loaded before keep "
-    "serving, the service log says why.",
+    "Attempts at loading a model that failed or were refused, by variant (a broken or incomplete "
+    "artifact, features the service cannot build); retried with backoff, the service log says why.",
+    "variant",
 )
 FEEDBACK = _counter(
     "feedback_total",
@@ -209,3 +210,14 @@ class Telemetry:
 
     def close(self) -> None:
         self.tally.close()
+
+
+# -- model loading (serving.routing) ----------------------------------------------------------------
+LOAD_VARIANTS = ("champion", "challenger")  # the values of MODEL_LOAD_FAILURES's ``variant`` label
+
+
+def create_load_failure_series() -> None:
+    """Both series of MODEL_LOAD_FAILURES at 0 from the worker's start, so that an alert on their
+    increase sees the first failure (a series that appears at 1 has no increase to show)."""
+    for variant in LOAD_VARIANTS:
+        MODEL_LOAD_FAILURES.labels(variant)

@@ -19,13 +19,13 @@ GROUP = "packaging"
 
 @dg.asset(group_name=GROUP, deps=["model_promotion"], kinds={"bentoml"})
 def prediction_bento(context: dg.AssetExecutionContext, model_registry: ModelRegistryResource) -> dg.MaterializeResult:
-    """Bento of the prediction service: code, dependencies pinned from uv.lock, champion and newer models."""
+    """Bento of the prediction service: code, dependencies pinned from uv.lock, champion and challenger models."""
     registry = model_registry.registry()
-    champion = registry.champion(MODEL_NAME)
+    state = registry.state(MODEL_NAME)
+    champion = state.champion
     if champion is None:
         raise dg.Failure("no champion is promoted yet: materialize model_promotion first")
-    versions = registry.list(MODEL_NAME)
-    models = versions[versions.index(champion) :]  # the champion and any newer challenger
+    models = list(state.serving)  # what the registry says takes traffic: never a model it did not choose
     # BentoML reads the requirements file only by a relative, non-hidden path inside the context.
     (PROJECT_ROOT / "build").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=PROJECT_ROOT / "build") as tmp:
@@ -64,6 +64,7 @@ def prediction_bento(context: dg.AssetExecutionContext, model_registry: ModelReg
             "bento_tag": tag,
             "models": dg.MetadataValue.json(models),
             "champion": champion,
+            "challenger": state.challenger.tag if state.challenger else "none",
             "path": str(bento_dir),
             "size_mb": dg.MetadataValue.float(round(size / 1e6, 2)),
             "serve": f"BENTOML_HOME={registry.home} bentoml serve {tag}",

@@ -1,6 +1,8 @@
 """Training set from the feature service, the trained model in the registry, the promotion."""
 
+import json
 from collections.abc import Iterator
+from dataclasses import asdict
 from typing import Any
 
 import dagster as dg
@@ -15,6 +17,7 @@ from flight_delay.flights import LOCAL_TZ
 from flight_delay.forward import ServingModel
 from flight_delay.model import FLIGHT_DELAY_FEATURES, MODEL_NAME, TrainingConfig
 from flight_delay.promotion import PromotionPolicy, decide_promotion
+from flight_delay.registry import ConflictError, fold
 from flight_delay.training import SUMMARY_METRICS, evaluation_rows, fingerprint, train_and_evaluate
 from pipeline.checks import check_result, schema_check_spec
 from pipeline.partitions import days_between
@@ -143,16 +146,24 @@ def model_promotion(
         held_out, y = evaluation_rows(training_set)
         champ = classification_metrics(y, ServingModel(registry.model_dir(champion)).predict(held_out))
     decision = decide_promotion(candidate, cand, champion, champ, PromotionPolicy(**config.model_dump()))
-    if decision.promote:
-        registry.promote(MODEL_NAME, candidate, decision.reason)
+    try:
+        if decision.promote:
+            registry.promote(MODEL_NAME, candidate, decision.reason, expected_champion=champion)
+        elif candidate != champion:
+            registry.reject(MODEL_NAME, candidate, decision.reason)  # judged: never takes traffic unasked
+    except ConflictError as exc:
+        raise dg.Failure(f"{exc}; materialize model_promotion again to judge the candidate against it") from exc
     context.log.info(f"{'promoted' if decision.promote else 'kept champion'}: {decision.reason}")
-    history = pd.DataFrame([e.__dict__ for e in registry.history(MODEL_NAME)]).tail(10)
+    events = registry.history(MODEL_NAME)
+    state = fold(events)
+    history = pd.DataFrame([asdict(e) for e in events]).tail(10)
     metadata: dict[str, Any] = {
         "decision": "promote" if decision.promote else "keep",
         "reason": decision.reason,
         "candidate": candidate,
         "champion_before": champion or "none",
-        "champion_after": registry.champion(MODEL_NAME) or "none",
+        "champion_after": state.champion or "none",
+        "state_after": dg.MetadataValue.json(json.loads(state.to_json())),
         "candidate_auc": dg.MetadataValue.float(cand["auc"]),
         "champion_history": dg.MetadataValue.md(history.to_markdown(index=False)),
     }

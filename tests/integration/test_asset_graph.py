@@ -83,6 +83,10 @@ def test_a_worse_candidate_is_not_promoted(graph):
     assert decision["decision"].value == "keep", decision["reason"].value
     assert registry.champion(MODEL_NAME) == champion
     assert len(registry.list(MODEL_NAME)) == 2  # the candidate is kept, versioned, not served
+    candidate = decision["candidate"].value
+    state = registry.state(MODEL_NAME)
+    assert state.challenger is None and state.barred[candidate].startswith("rejected")
+    assert decision["state_after"].value["barred"] == state.barred
 
 
 def _training_rows(graph: Graph) -> pd.DataFrame:

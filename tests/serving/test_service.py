@@ -358,12 +358,11 @@ def lifecycle(serve, serving_deployment: Deployment, source_dir, tmp_path_factor
     candidate = train_candidate(two, source_dir)
     switch = clone_deployment(two, root / "switch")
     split = clone_deployment(two, root / "split")
-    durable = clone_deployment(serving_deployment, root / "durability")
-    servers = serve(
-        ("switch", switch, {"challenger": "none"}),
-        ("split", split, {"challenger_weight": "0.5"}),
-        ("durability", durable, {}),
+    split.registry().challenge(
+        MODEL_NAME, candidate, "split", 0.5, "test: sticky split", expected_champion=split.champion
     )
+    durable = clone_deployment(serving_deployment, root / "durability")
+    servers = serve(("switch", switch, {}), ("split", split, {}), ("durability", durable, {}))
     return Lifecycle(two, candidate, *servers)
 
 
@@ -425,11 +424,11 @@ def test_champion_switch_without_restart(lifecycle: Lifecycle, real_requests: li
         assert {v for _, v, _ in traffic.ok} == {old}
 
         promoted_at = time.monotonic()
-        registry.promote(MODEL_NAME, new, "test: hot switch")
+        registry.promote(MODEL_NAME, new, "test: hot switch", expected_champion=old)
         took = traffic.wait_for_version(new, promoted_at, timeout=5.0)
 
         rolled_back_at = time.monotonic()
-        registry.rollback(MODEL_NAME, "test: hot rollback")
+        registry.rollback(MODEL_NAME, "test: hot rollback", expected_champion=new)
         took_back = traffic.wait_for_version(old, rolled_back_at, timeout=5.0)
         time.sleep(0.5)
     finally:
@@ -471,7 +470,7 @@ def test_challenger_split_is_sticky(lifecycle: Lifecycle, real_requests: list[Fl
         for request in again[37:]:
             assert predict(client, request.body)["variant"] == seen[request.key]
     # Sticky by the key's hash alone, so any replica (or restart) agrees.
-    routing = Routing(Variant("champion", champion, None), Variant("challenger", challenger, None), 0.5)
+    routing = Routing(Variant("champion", champion, None), Variant("challenger", challenger, None), "split", 0.5)
     assert all(routing.assign(k).name == v for k, v in seen.items())
 
 
@@ -520,7 +519,9 @@ def test_without_a_champion_the_service_is_alive_not_ready_and_says_why(
             assert response.status_code == 503
             assert response.json() == {"error": "no champion model is promoted yet; run the pipeline (make demo)"}
 
-            empty.registry().promote(MODEL_NAME, serving_deployment.champion, reason="first model")
+            empty.registry().promote(
+                MODEL_NAME, serving_deployment.champion, reason="first model", expected_champion=None
+            )
             # The first model also imports TensorFlow in the worker (switches between loaded
             # models take well under the 5 s of test_champion_switch_without_restart).
             deadline = time.monotonic() + 60
