@@ -59,9 +59,7 @@ class KerasModelRouter(ModelRouter):
     """The production router (registry watch, sticky split, hot swap) loading Keras models."""
 
     def _load(self, tag: str) -> Any:
-        if tag not in self._cache:
-            self._cache[tag] = KerasPredictModel(self.registry.model_dir(tag))
-        return self._cache[tag]
+        return KerasPredictModel(self.registry.model_dir(tag))
 
 
 @add_request_limits
@@ -74,6 +72,6 @@ class NaiveFlightDelayService(FlightDelayService.inner):
         s = self.settings
         self.router.close()  # the production router's models are dropped with it
         self.router = self.scorer.router = KerasModelRouter(
-            self.registry, s.model_name, s.challenger, s.challenger_weight, s.refresh_seconds
+            self.registry, s.model_name, s.refresh_seconds, can_serve=self.online.can_serve
         )
         log.info("naive baseline: Keras model.predict per request")
