@@ -17,6 +17,7 @@ its name plus ``Config``.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -126,6 +127,9 @@ class MonotoneRedisOnlineStoreConfig(RedisOnlineStoreConfig):
     type: Literal["features.online_stores.MonotoneRedisOnlineStore"] = REDIS_TYPE  # type: ignore[assignment]
 
 
+_REDIS_WRITE_LOCK = threading.Lock()
+
+
 class MonotoneRedisOnlineStore(RedisOnlineStore):
     def online_write_batch(
         self, config: RepoConfig, table: FeatureView, data: list[Row], progress: Callable[[int], Any] | None
@@ -151,10 +155,15 @@ class MonotoneRedisOnlineStore(RedisOnlineStore):
                 ts.ParseFromString(raw)
                 stored[key] = make_tzaware(ts.ToDatetime())
         rows = latest_rows(data, key_of, stored)
-        # Feast's write without its own timestamp check (which skips a correction at the same time).
-        unchecked = config.model_copy(
-            update={"online_store": config.online_store.model_copy(update={"skip_dedup": True})}
-        )
-        super().online_write_batch(unchecked, table, rows, None)
+        # Feast's write without its own timestamp check (which skips a correction at the same time):
+        # the switch lives on the store's config object, so it is set around this write only.
+        store_config = config.online_store
+        with _REDIS_WRITE_LOCK:
+            skip = store_config.skip_dedup
+            store_config.skip_dedup = True
+            try:
+                super().online_write_batch(config, table, rows, None)
+            finally:
+                store_config.skip_dedup = skip
         if progress:
             progress(len(data))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -57,13 +58,30 @@ class ServiceProcess(ServerProcess):
 
 
 class RedisServer:
-    """A real, throwaway redis-server on a free loopback port (no persistence)."""
+    """A real, throwaway redis-server on a free loopback port (no persistence); with ``tls`` (a
+    certificate and key made here) it listens for TLS only, with ``password`` it requires it."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, tls: bool = False, password: str | None = None) -> None:
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}"
+        self.workdir = workdir
+        self.tls, self.password = tls, password
+        auth = f":{password}@" if password else ""
+        scheme, options = ("rediss", "?ssl_cert_reqs=none") if tls else ("redis", "")
+        self.url = f"{scheme}://{auth}127.0.0.1:{self.port}{options}"
         self.log_path = workdir / "redis.log"
         self.group: ProcessGroup | None = None
+
+    def _arguments(self) -> list[str]:
+        args = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        if not self.tls:
+            return ["--port", str(self.port), *args]
+        cert, key = self.workdir / "redis.crt", self.workdir / "redis.key"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                "--tls-auth-clients", "no", *args]
 
     def start(self) -> RedisServer:
         import redis
@@ -71,13 +89,11 @@ class RedisServer:
         exe = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not Path(exe).exists():
             pytest.fail("redis-server is not installed: apt-get install redis-server")
-        self.group = ProcessGroup.start(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], self.log_path
-        )
+        self.group = ProcessGroup.start([exe, *self._arguments()], self.log_path)
         deadline = time.monotonic() + 20
         while True:
             try:
-                if redis.Redis.from_url(self.url, socket_timeout=1).ping():
+                if redis.Redis.from_url(self.url, socket_timeout=1).ping():  # the URL carries TLS and password
                     return self
             except redis.ConnectionError:
                 pass
