@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +30,26 @@ def _to_json(features: dict[str, Any]) -> str:
 class PredictionLogWriter:
     """Queue + writer thread; ``close()`` drains."""
 
-    def __init__(self, path: Path, flush_seconds: float = 0.1) -> None:
+    def __init__(
+        self,
+        path: Path,
+        flush_seconds: float = 0.1,
+        *,
+        busy_timeout: float = 30.0,
+        clock: Callable[[], float] = time.time,
+        before_write: Callable[[Any], None] | None = None,
+    ) -> None:
         self.path = path
         self.flush_seconds = flush_seconds
+        # Test seams: the wall clock of the records, and a hook run with the write connection
+        # before each write (tests set SQLite's own limits through it).
+        self.clock = clock
+        self.before_write = before_write
         self._predictions: deque[tuple[Any, ...]] = deque()
         self._feedback: deque[tuple[Any, ...]] = deque()
         self._stop = threading.Event()
-        self._conn = open_for_writing(path)
-        self._reader = open_for_writing(path)
+        self._conn = open_for_writing(path, busy_timeout)
+        self._reader = open_for_writing(path, busy_timeout)
         self._lock = threading.Lock()
         self.written = 0
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
@@ -52,10 +65,10 @@ class PredictionLogWriter:
         features: dict[str, Any],
     ) -> None:
         # Serialized by the writer thread, off the request path.
-        self._predictions.append((request_id, time.time(), flight_key, model_version, variant, probability, features))
+        self._predictions.append((request_id, self.clock(), flight_key, model_version, variant, probability, features))
 
     def feedback(self, request_id: str, flight_key: str, delay: float, late: bool) -> None:
-        self._feedback.append((request_id, time.time(), flight_key, delay, int(late)))
+        self._feedback.append((request_id, self.clock(), flight_key, delay, int(late)))
 
     def _drain(self) -> None:
         preds = [(*r[:6], _to_json(r[6])) for r in (self._predictions.popleft() for _ in range(len(self._predictions)))]
@@ -63,6 +76,8 @@ class PredictionLogWriter:
         if not preds and not fb:
             return
         with self._lock:
+            if self.before_write is not None:
+                self.before_write(self._conn)
             self._conn.execute("BEGIN")
             if preds:
                 self._conn.executemany("INSERT OR REPLACE INTO predictions VALUES (?,?,?,?,?,?,?)", preds)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import sqlite3
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import dagster as dg
@@ -14,7 +13,6 @@ import pytest
 
 from flight_delay.prediction_log import open_for_writing, read_log
 from pipeline.definitions import build_definitions
-from serving import log_writer
 from serving.log_writer import PredictionLogWriter
 
 BASE = [
@@ -32,15 +30,13 @@ T0 = 1_700_000_000.0
 
 
 @pytest.fixture()
-def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+def clock() -> list[float]:
     """The log's wall clock, set by the test: ``clock[0] = t``."""
-    now = [T0]
-    monkeypatch.setattr(log_writer, "time", SimpleNamespace(time=lambda: now[0]))
-    return now
+    return [T0]
 
 
 def _write(path: Path, clock: list[float]) -> None:
-    log = PredictionLogWriter(path)
+    log = PredictionLogWriter(path, clock=lambda: clock[0])
     log.predicted(
         "r1",
         "UA_1545_2013-01-01",
