@@ -209,31 +209,37 @@ def test_a_day_is_read_through_the_index(tmp_path):
     assert any("USING INDEX predictions_by_data_time (prediction_time=? AND predicted_at>?" in s for s in plan)
 
 
-def test_the_asset_stores_the_log_in_the_lake(tmp_path, clock):
+def test_the_daily_asset_stores_each_day_of_the_log_in_the_lake(tmp_path):
     data_dir = tmp_path / "data"
     defs = build_definitions(data_dir=str(data_dir))
     assets = list(defs.assets or [])
+    stored = data_dir / "lake" / "prediction_log"
 
-    # Before the service ever ran: an empty dataset, not a failure.
-    result = dg.materialize(assets, selection=["prediction_log"], resources=defs.resources)
-    assert result.success
-    stored = data_dir / "lake" / "prediction_log" / "prediction_log.parquet"
-    assert pd.read_parquet(stored).empty
+    def materialize(day: str) -> dict[str, Any]:
+        result = dg.materialize(assets, selection=["prediction_log"], resources=defs.resources, partition_key=day)
+        assert result.success
+        (event,) = result.get_asset_materialization_events()
+        return {k: v.value for k, v in event.materialization.metadata.items()}
 
-    _write(data_dir / "prediction_log" / "predictions.db", clock)  # where the service writes
-    result = dg.materialize(assets, selection=["prediction_log"], resources=defs.resources)
-    assert result.success
-    frame = pd.read_parquet(stored)
-    pd.testing.assert_frame_equal(frame, read_log(data_dir / "prediction_log" / "predictions.db"))
-    assert frame["late"].isna().sum() == 1
+    # Before the service ever ran: an empty day, not a failure.
+    assert materialize("2013-03-09")["rows"] == 0
+    assert pd.read_parquet(stored / "2013-03-09.parquet").empty
 
-    (event,) = result.get_asset_materialization_events()
-    metadata = {k: v.value for k, v in event.materialization.metadata.items()}
-    assert metadata["rows"] == 3 and metadata["rows_with_feedback"] == 2
-    assert metadata["models"] == {"flight_delay:aaa": 2, "flight_delay:bbb": 1}
-    assert metadata["variants"] == {"challenger": 1, "champion": 2}
-    assert metadata["first_prediction"] == T0 and metadata["last_prediction"] == T0 + 20
-    assert metadata["path"] == str((data_dir / "prediction_log" / "predictions.db").resolve())
+    db = data_dir / "prediction_log" / "predictions.db"  # where the service writes
+    _write_days(db)
+    first = materialize("2013-03-09")
+    second = materialize("2013-03-10")  # the row of the 11th is never read: its features would fail
+    ninth, tenth = pd.read_parquet(stored / "2013-03-09.parquet"), pd.read_parquet(stored / "2013-03-10.parquet")
+    assert list(ninth["request_id"]) == ["a", "b"] and set(ninth["day"]) == {"2013-03-09"}
+    assert list(tenth["request_id"]) == ["e", "c", "d"] and set(tenth["day"]) == {"2013-03-10"}
+    expected = read_log(db, start=_local("2013-03-10 00:00"), end=_local("2013-03-11 00:00"))
+    pd.testing.assert_frame_equal(tenth.drop(columns="day"), expected)
+
+    assert first["day"] == "2013-03-09" and second["day"] == "2013-03-10"
+    assert first["rows"] == 2 and second["rows"] == 3 and second["rows_with_feedback"] == 1
+    assert second["models"] == {"flight_delay:aaa": 3} and second["variants"] == {"champion": 3}
+    assert second["first_prediction"] == _local("2013-03-10 12:00") and second["late_rate"] == 1.0
+    assert second["path"] == str(db.resolve())
 
 
 # The tables of a log written before prediction_time and one outcome per prediction.
