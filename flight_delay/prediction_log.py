@@ -1,4 +1,6 @@
-"""The prediction log as data: its tables and its reader.
+"""The prediction log as data: its tables and their migration, the writes every writer shares
+(rows, feedback recorded once, retention), and its reader. Spill files are in
+:mod:`flight_delay.log_spill`.
 
 The service writes every prediction and every feedback record to a SQLite database
 (``serving.log_writer``); the pipeline reads it, read-only, with :func:`read_log`. Both take the
@@ -8,15 +10,27 @@ tables from here.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from flight_delay.flights import LOCAL_TZ
 
 if TYPE_CHECKING:
     import pandas as pd
 
-_SCHEMA = """
+log = logging.getLogger(__name__)
+
+# ``prediction_time`` (the request's data time, unix seconds; missing in rows logged before it
+# existed or without one) came after the first logs were written: ``open_for_writing`` adds it.
+_TABLES = """
 CREATE TABLE IF NOT EXISTS predictions (
     request_id TEXT PRIMARY KEY,
     predicted_at REAL NOT NULL,
@@ -24,9 +38,9 @@ CREATE TABLE IF NOT EXISTS predictions (
     model_version TEXT NOT NULL,
     variant TEXT NOT NULL,
     probability REAL NOT NULL,
-    features TEXT NOT NULL
+    features TEXT NOT NULL,
+    prediction_time REAL
 );
-CREATE INDEX IF NOT EXISTS predictions_by_flight ON predictions (flight_key, predicted_at);
 CREATE TABLE IF NOT EXISTS feedback (
     request_id TEXT NOT NULL,
     received_at REAL NOT NULL,
@@ -35,14 +49,79 @@ CREATE TABLE IF NOT EXISTS feedback (
     late INTEGER NOT NULL
 );
 """
-
+_INDEXES = {
+    "predictions_by_flight": "ON predictions (flight_key, predicted_at)",  # the latest for a flight
+    "predictions_by_predicted_at": "ON predictions (predicted_at)",  # retention, ``since``
+    # A day of data time: the range on prediction_time, or predicted_at where it is missing.
+    "predictions_by_data_time": "ON predictions (prediction_time, predicted_at)",
+    "feedback_by_request": "ON feedback (request_id)",  # UNIQUE: one outcome per prediction
+}
+_UNIQUE = {"feedback_by_request"}
+# Logs written before feedback was unique may hold several outcomes per prediction; the one kept
+# is the one `read_log` reported until then: the latest (last written on a tie).
+_KEEP_LATEST_FEEDBACK = """
+DELETE FROM feedback WHERE rowid IN (
+    SELECT rowid FROM (
+        SELECT rowid, ROW_NUMBER() OVER (PARTITION BY request_id ORDER BY received_at DESC, rowid DESC) AS n
+        FROM feedback
+    ) WHERE n > 1
+)
+"""
 
 BUSY_TIMEOUT_SECONDS = 30.0
 
 
+@contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` (the write lock taken at once, so two writers never both read and then
+    both write), ``COMMIT`` on success, ``ROLLBACK`` on any error: no transaction is left open
+    holding the lock against the other workers."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _missing_indexes(conn: sqlite3.Connection) -> list[str]:
+    have = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    return [name for name in _INDEXES if name not in have]
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring a log written by an earlier version to the current tables, in place and in one
+    transaction: ``prediction_time`` added, the indexes created, one outcome per prediction."""
+    if "prediction_time" in _columns(conn, "predictions") and not _missing_indexes(conn):
+        return
+    with write_transaction(conn):  # checked again under the lock: another worker may have done it
+        if "prediction_time" not in _columns(conn, "predictions"):
+            conn.execute("ALTER TABLE predictions ADD COLUMN prediction_time REAL")
+        missing = _missing_indexes(conn)
+        if "feedback_by_request" in missing:
+            removed = conn.execute(_KEEP_LATEST_FEEDBACK).rowcount
+            if removed:
+                log.warning(
+                    "%s: %d feedback rows were second outcomes of a prediction; kept the latest of each "
+                    "(one outcome per prediction from now on)",
+                    path,
+                    removed,
+                )
+        for name in missing:
+            unique = "UNIQUE " if name in _UNIQUE else ""
+            conn.execute(f"CREATE {unique}INDEX {name} {_INDEXES[name]}")
+
+
 def open_for_writing(path: Path, timeout: float = BUSY_TIMEOUT_SECONDS) -> sqlite3.Connection:
-    """A connection to the log at ``path`` (created with its tables if need be) for a writer:
-    WAL, so readers never block it, and ``synchronous=FULL``, so a commit is on disk.
+    """A connection to the log at ``path`` (created with its tables if need be, an older log
+    migrated in place) for a writer: WAL, so readers never block it, and ``synchronous=FULL``, so
+    a commit is on disk. Autocommit: transactions are explicit (:func:`write_transaction`).
 
     Several workers open the same log when a service starts. Switching a new database to WAL
     needs it to itself, and SQLite answers "database is locked" at once, without waiting for the
@@ -56,57 +135,270 @@ def open_for_writing(path: Path, timeout: float = BUSY_TIMEOUT_SECONDS) -> sqlit
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
-            conn.executescript(_SCHEMA)
+            conn.executescript(_TABLES)
+            _migrate(conn, path)
             return conn
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 conn.close()
                 raise
             time.sleep(0.01)
+        except BaseException:
+            conn.close()
+            raise
 
+
+# --- Writes -------------------------------------------------------------------------------------
+
+PREDICTION_FIELDS = (
+    "request_id",
+    "predicted_at",
+    "flight_key",
+    "model_version",
+    "variant",
+    "probability",
+    "features",
+    "prediction_time",
+)
+FEEDBACK_FIELDS = ("request_id", "received_at", "flight_key", "departure_delay_minutes", "late")
+
+
+def _insert(table: str, fields: tuple[str, ...]) -> str:
+    # A request id is written once: a replayed spill or a second outcome changes nothing.
+    marks = ",".join("?" * len(fields))
+    return f"INSERT INTO {table} ({', '.join(fields)}) VALUES ({marks}) ON CONFLICT (request_id) DO NOTHING"
+
+
+INSERT_PREDICTION = _insert("predictions", PREDICTION_FIELDS)
+INSERT_FEEDBACK = _insert("feedback", FEEDBACK_FIELDS)
+
+
+@dataclass
+class LogRows:
+    """Rows for the two tables, as the database takes them: ``predictions`` in the order of
+    ``PREDICTION_FIELDS`` (the features as JSON text), ``feedback`` in that of
+    ``FEEDBACK_FIELDS``."""
+
+    predictions: list[tuple[Any, ...]] = field(default_factory=list)
+    feedback: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.predictions) + len(self.feedback)
+
+
+@dataclass(frozen=True)
+class RefusedRow:
+    """A row SQLite will never take, whatever the state of the database (a NOT NULL value
+    missing, a value it cannot store): the caller's bug, reported rather than retried forever."""
+
+    table: str
+    row: tuple[Any, ...]
+    error: str
+
+
+# Errors that depend on a row, not on the database: a constraint, a value SQLite cannot bind.
+_ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
+
+
+def write_rows(conn: sqlite3.Connection, rows: LogRows) -> list[RefusedRow]:
+    """Insert ``rows`` in the caller's open transaction; rows whose request id is already there
+    are skipped. A row SQLite refuses for its content is left out and returned, so that it cannot
+    hold back the others; errors of the database itself (``OperationalError``: busy, full,
+    read-only, I/O) propagate, and the caller rolls back and retries."""
+    refused: list[RefusedRow] = []
+    for table, sql, batch in (
+        ("predictions", INSERT_PREDICTION, rows.predictions),
+        ("feedback", INSERT_FEEDBACK, rows.feedback),
+    ):
+        if not batch:
+            continue
+        conn.execute("SAVEPOINT batch")
+        try:
+            conn.executemany(sql, batch)
+        except _ROW_ERRORS:
+            conn.execute("ROLLBACK TO batch")
+            for row in batch:
+                try:
+                    conn.execute(sql, row)
+                except _ROW_ERRORS as exc:
+                    refused.append(RefusedRow(table, row, str(exc)))
+        conn.execute("RELEASE batch")
+    return refused
+
+
+def prune(conn: sqlite3.Connection, before: float, limit: int) -> int:
+    """Delete the ``limit`` oldest predictions made before ``before`` (unix seconds) and their
+    feedback, in one short transaction; the number of predictions deleted (``limit`` when more
+    may remain)."""
+    oldest = "SELECT request_id FROM predictions WHERE predicted_at < ? ORDER BY predicted_at LIMIT ?"
+    with write_transaction(conn):
+        conn.execute(f"DELETE FROM feedback WHERE request_id IN ({oldest})", (before, limit))
+        return conn.execute(f"DELETE FROM predictions WHERE request_id IN ({oldest})", (before, limit)).rowcount
+
+
+# --- Feedback -----------------------------------------------------------------------------------
+
+
+class FeedbackConflict(ValueError):
+    """An outcome for a prediction that already has a different one (the service answers 409)."""
+
+
+@dataclass(frozen=True)
+class RecordedFeedback:
+    """A prediction and the outcome it has; ``first``: this call recorded it (else the same
+    outcome was there already, and nothing was written)."""
+
+    request_id: str
+    flight_key: str
+    model_version: str
+    variant: str
+    probability: float
+    prediction_time: float | None
+    departure_delay_minutes: float
+    late: bool
+    first: bool
+
+
+_PREDICTION = "SELECT request_id, flight_key, model_version, variant, probability, prediction_time FROM predictions"
+_PREDICTION_KEYS = ("request_id", "flight_key", "model_version", "variant", "probability", "prediction_time")
+
+
+def find_prediction(
+    conn: sqlite3.Connection, request_id: str | None = None, flight_key: str | None = None
+) -> dict[str, Any] | None:
+    """The logged prediction with ``request_id``, else the latest one for ``flight_key``."""
+    if request_id is not None:
+        row = conn.execute(f"{_PREDICTION} WHERE request_id = ?", (request_id,)).fetchone()
+    else:
+        row = conn.execute(
+            f"{_PREDICTION} WHERE flight_key = ? ORDER BY predicted_at DESC LIMIT 1", (flight_key,)
+        ).fetchone()
+    return None if row is None else dict(zip(_PREDICTION_KEYS, row))
+
+
+def _outcome(delay: float, late: bool) -> str:
+    return f"{delay:.1f} minutes ({'late' if late else 'on time'})"
+
+
+def record_outcome(
+    conn: sqlite3.Connection, request_id: str, departure_delay_minutes: float, late: bool, received_at: float
+) -> RecordedFeedback:
+    """Record the outcome of prediction ``request_id`` unless it has one, in one write transaction.
+
+    The UNIQUE index on ``feedback.request_id`` decides between concurrent callers, in any process:
+    the first insert wins and the others find its row. The same outcome again is a duplicate
+    (``first=False``); a different one raises :class:`FeedbackConflict` naming both; a prediction
+    that is not (or no longer) logged raises ``LookupError``.
+    """
+    with write_transaction(conn):
+        found = find_prediction(conn, request_id)
+        if found is None:
+            raise LookupError(f"no logged prediction for request_id {request_id}")
+        row = (request_id, received_at, found["flight_key"], departure_delay_minutes, int(late))
+        first = conn.execute(INSERT_FEEDBACK, row).rowcount == 1
+        if not first:
+            delay, was_late, at = conn.execute(
+                "SELECT departure_delay_minutes, late, received_at FROM feedback WHERE request_id = ?", (request_id,)
+            ).fetchone()
+            if (delay, bool(was_late)) != (departure_delay_minutes, late):
+                raise FeedbackConflict(
+                    f"prediction {request_id} already has the outcome {_outcome(delay, bool(was_late))}, "
+                    f"recorded at {datetime.fromtimestamp(at, UTC).isoformat()}; refused "
+                    f"{_outcome(departure_delay_minutes, late)}: a prediction has one outcome"
+                )
+    return RecordedFeedback(**found, departure_delay_minutes=departure_delay_minutes, late=late, first=first)
+
+
+# --- Reading ------------------------------------------------------------------------------------
 
 # What ``read_log`` returns besides one column per logged feature, in this order: the prediction,
-# then the latest feedback on it (all missing when none came).
-PREDICTION_COLUMNS = ("request_id", "predicted_at", "flight_key", "model_version", "variant", "probability")
+# then the feedback on it (all missing when none came).
+PREDICTION_COLUMNS = (
+    "request_id",
+    "predicted_at",
+    "prediction_time",
+    "flight_key",
+    "model_version",
+    "variant",
+    "probability",
+)
 FEEDBACK_COLUMNS = ("departure_delay_minutes", "late", "feedback_at")
 _REQUIRED = {
     "predictions": {"request_id", "predicted_at", "flight_key", "model_version", "variant", "probability", "features"},
     "feedback": {"request_id", "received_at", "departure_delay_minutes", "late"},
 }
-# One row per prediction; the latest feedback per request id (last written on a tie).
-_READ = """
-SELECT p.request_id, p.predicted_at, p.flight_key, p.model_version, p.variant, p.probability, p.features,
-       f.departure_delay_minutes, f.late, f.received_at
+
+
+def read_query(
+    since: float | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    *,
+    with_prediction_time: bool = True,
+) -> tuple[str, list[float]]:
+    """The SQL (and its parameters) of :func:`read_log`. A log not yet migrated has no
+    ``prediction_time`` (``with_prediction_time=False``): its data time is ``predicted_at``.
+
+    The data-time range is two index ranges of ``predictions_by_data_time`` (rows with a
+    prediction time, and rows without one by ``predicted_at``), and the feedback one index
+    lookup per prediction: a day is read without scanning the table.
+    """
+    where, params = [], []
+    if since is not None:
+        where.append("p.predicted_at >= ?")
+        params.append(since)
+    if start is not None or end is not None:
+        lo = -math.inf if start is None else start
+        hi = math.inf if end is None else end
+        fallback = "p.predicted_at >= ? AND p.predicted_at < ?"
+        if with_prediction_time:
+            where.append(
+                f"((p.prediction_time >= ? AND p.prediction_time < ?) OR (p.prediction_time IS NULL AND {fallback}))"
+            )
+            params += [lo, hi, lo, hi]
+        else:
+            where.append(fallback)
+            params += [lo, hi]
+    data_time = "p.prediction_time" if with_prediction_time else "NULL"
+    # Logs from before one outcome per prediction may hold several: the latest is the one read.
+    sql = f"""
+SELECT p.request_id, p.predicted_at, {data_time}, p.flight_key, p.model_version, p.variant, p.probability,
+       p.features, f.departure_delay_minutes, f.late, f.received_at
 FROM predictions AS p
-LEFT JOIN (
-    SELECT request_id, departure_delay_minutes, late, received_at,
-           ROW_NUMBER() OVER (PARTITION BY request_id ORDER BY received_at DESC, rowid DESC) AS n
-    FROM feedback
-) AS f ON f.request_id = p.request_id AND f.n = 1
-WHERE ? IS NULL OR p.predicted_at >= ?
+LEFT JOIN feedback AS f ON f.rowid = (
+    SELECT rowid FROM feedback WHERE request_id = p.request_id ORDER BY received_at DESC, rowid DESC LIMIT 1
+)
+WHERE {" AND ".join(where) or "1"}
 ORDER BY p.predicted_at, p.request_id
 """
+    return sql, params
 
 
 def _check_tables(conn: sqlite3.Connection, path: Path) -> None:
     expected = "; ".join(f"{t}({', '.join(sorted(c))})" for t, c in _REQUIRED.items())
     for table, columns in _REQUIRED.items():
-        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        have = _columns(conn, table)
         missing = sorted(columns - have)
         if missing:
             what = f"it has no table {table}" if not have else f"its table {table} lacks {', '.join(missing)}"
             raise ValueError(f"{path} is not a prediction log: {what}; expected the tables {expected}")
 
 
-def read_log(path: Path, since: float | None = None) -> pd.DataFrame:
-    """The predictions in the log at ``path``, each with its latest feedback, as a DataFrame.
+def read_log(
+    path: Path, since: float | None = None, *, start: float | None = None, end: float | None = None
+) -> pd.DataFrame:
+    """The predictions in the log at ``path``, each with its feedback, as a DataFrame.
 
     One row per prediction, oldest first: ``request_id``, ``predicted_at`` (UTC timestamp),
+    ``prediction_time`` (the request's data time, UTC timestamp; missing when not logged),
     ``flight_key``, ``model_version``, ``variant``, ``probability``, one column per logged feature
     (missing values as NaN, or None in text columns; a feature named like another column gets a
     ``feature_`` prefix), then ``departure_delay_minutes``, ``late`` (nullable boolean) and
-    ``feedback_at`` (UTC timestamp), all missing for a prediction without feedback. ``since``
-    (unix seconds) keeps predictions made at or after it.
+    ``feedback_at`` (UTC timestamp), all missing for a prediction without feedback.
+
+    ``since`` (unix seconds) keeps predictions made at or after it. ``start`` and ``end`` (unix
+    seconds, either may be left out) keep the predictions whose data time is in ``[start, end)``:
+    their ``prediction_time``, or their ``predicted_at`` when they have none.
 
     The database is opened read-only: in WAL mode the reader and the service's writer do not block
     each other (SQLite may create the ``-wal``/``-shm`` side files if no writer holds them open). A
@@ -127,7 +419,9 @@ def read_log(path: Path, since: float | None = None) -> pd.DataFrame:
     try:
         try:
             _check_tables(conn, path)
-            rows = conn.execute(_READ, (since, since)).fetchall()
+            migrated = "prediction_time" in _columns(conn, "predictions")
+            sql, params = read_query(since, start, end, with_prediction_time=migrated)
+            rows = conn.execute(sql, params).fetchall()
         except sqlite3.DatabaseError as exc:
             raise ValueError(
                 f"{path} is not a readable prediction log: expected a SQLite database with "
@@ -163,7 +457,14 @@ def _typed(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
     frame["probability"] = frame["probability"].astype("float64")
     frame["departure_delay_minutes"] = frame["departure_delay_minutes"].astype("float64")
     frame["late"] = frame["late"].astype("Int64").astype("boolean")
-    for column in ("predicted_at", "feedback_at"):
+    for column in ("predicted_at", "prediction_time", "feedback_at"):
         # Unix seconds as a double are good to the microsecond: no spurious nanoseconds.
         frame[column] = pd.to_datetime(frame[column].astype("float64"), unit="s", utc=True).dt.round("us")
     return frame[[*PREDICTION_COLUMNS, *features, *FEEDBACK_COLUMNS]].reset_index(drop=True)
+
+
+def data_days(frame: pd.DataFrame) -> pd.Series:
+    """The local day (``YYYY-MM-DD``, America/New_York) of each prediction of a :func:`read_log`
+    frame by its data time: ``prediction_time``, else ``predicted_at``."""
+    when = frame["prediction_time"].fillna(frame["predicted_at"])
+    return when.dt.tz_convert(LOCAL_TZ).dt.strftime("%Y-%m-%d").astype(object)

@@ -25,12 +25,12 @@ warnings.filterwarnings(
 
 def daily_asset(group: str, partition_column: str, **kwargs: Any) -> dict[str, Any]:
     """``@asset`` arguments of a table partitioned by local day: a range of days is one run (any
-    day can be re-run alone), and ``partition_column`` tells the IO manager each row's day."""
+    day can be re-run alone), and ``partition_column`` tells the IO manager each row's day.
+    ``kwargs`` go to ``@asset`` (``kinds`` replaces the default pandas and parquet)."""
     return dict(
         group_name=group,
         partitions_def=daily_partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         metadata={"partition_column": partition_column},
-        kinds={"pandas", "parquet"},
-        **kwargs,
+        **{"kinds": {"pandas", "parquet"}, **kwargs},
     )

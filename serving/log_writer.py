@@ -1,46 +1,170 @@
 """Durable prediction and feedback log, written off the request path.
 
-Requests append records to an in-memory queue; one writer thread per worker commits them to the
-SQLite prediction log (:mod:`flight_delay.prediction_log`) every ``flush_seconds``. A graceful
-shutdown drains the queue before returning, so every acknowledged prediction is on disk. A crash
-(SIGKILL, power loss) can lose at most the records of the last ``flush_seconds``. Workers of one
+One writer per worker. Requests append records to an in-memory queue; one writer thread, the only
+user of the write connection and the only one to take from the queue, commits them to the SQLite
+prediction log (:mod:`flight_delay.prediction_log`) every ``flush_seconds``. Workers of one
 service share the database.
+
+When the log cannot be written (database busy, disk full, read-only, I/O error) the writer rolls
+back, keeps the rows, counts and logs the error and retries with backoff (0.05 s doubling to 5 s).
+The queue is bounded: once ``max_backlog`` rows wait, :meth:`PredictionLogWriter.predicted`
+raises :class:`LogUnavailable` (the service answers 503) instead of acknowledging a prediction
+it may not be able to keep. An acknowledged prediction is therefore always on disk or in the
+queue. A graceful :meth:`~PredictionLogWriter.close` keeps retrying until ``close_timeout``, then
+writes what is left to a spill file beside the database (:mod:`flight_delay.log_spill`), which
+the next writer replays at start. A crash (SIGKILL, power loss) can lose what was queued: at most
+the last ``flush_seconds`` of a healthy log, the whole backlog of a failing one.
+
+The writer also applies the retention: every ``retention_every_seconds`` it deletes predictions
+older than ``retention_days`` (and their feedback), a small batch per transaction.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import sqlite3
 import threading
 import time
-from collections import deque
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from flight_delay.prediction_log import open_for_writing
+from flight_delay.log_spill import replay_spills, spill
+from flight_delay.prediction_log import FeedbackConflict as FeedbackConflict  # re-exported for the service
+from flight_delay.prediction_log import (
+    LogRows,
+    RecordedFeedback,
+    RefusedRow,
+    find_prediction,
+    open_for_writing,
+    prune,
+    record_outcome,
+    write_rows,
+    write_transaction,
+)
+from serving.settings import log_max_backlog, log_retention_days
+from serving.telemetry import LOG_BACKLOG, LOG_DROPPED, LOG_REPLAYED, LOG_SPILLED, LOG_WRITE_ERRORS
+
+log = logging.getLogger(__name__)
+
+RETRY_FIRST_SECONDS = 0.05
+RETRY_MAX_SECONDS = 5.0
+PRUNE_BATCH = 2_000  # predictions deleted per retention transaction: the write lock held briefly
+POLL_SECONDS = 0.02  # how often feedback looks again for a prediction another worker may commit
+DAY_SECONDS = 86_400.0
+
+
+class LogUnavailable(RuntimeError):
+    """The prediction log cannot take the record now (the service answers 503): it is failing and
+    its backlog is full, its writer has stopped, or it is closed. The message says which."""
+
+
+@dataclass(frozen=True)
+class LogStatus:
+    """The writer's health, for readiness and for people."""
+
+    writer_alive: bool
+    accepting: bool  # a prediction made now would be acknowledged
+    backlog: int  # rows acknowledged, not yet committed
+    max_backlog: int
+    last_error: str | None  # the latest failed write, if any ("SQLITE_FULL: database or disk is full")
+    write_errors: int
+    spilled: int
+    replayed: int
+    dropped: int
+    pruned: int
+
+    @property
+    def ready(self) -> bool:
+        return self.writer_alive and self.accepting
 
 
 def _to_json(features: dict[str, Any]) -> str:
     """Feature values as JSON, missing (NaN) as null (orjson writes NaN as null, and an order of
-    magnitude faster than the standard library)."""
-    return orjson.dumps(features).decode()
+    magnitude faster than the standard library); numpy values as numbers."""
+    return orjson.dumps(features, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+def _describe(exc: BaseException) -> str:
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    return f"{name}: {exc}"
+
+
+class _Backoff:
+    """Seconds to wait before the next attempt: none while writes succeed, then doubling."""
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+
+    def failed(self) -> float:
+        self.delay = min(self.delay * 2, RETRY_MAX_SECONDS) if self.delay else RETRY_FIRST_SECONDS
+        return self.delay
+
+    def succeeded(self) -> None:
+        self.delay = 0.0
 
 
 class PredictionLogWriter:
-    """Queue + writer thread; ``close()`` drains."""
+    """Bounded queue + one writer thread; see the module docstring for the failure policy.
 
-    def __init__(self, path: Path, flush_seconds: float = 0.1) -> None:
-        self.path = path
+    ``max_backlog`` and ``retention_days`` default to ``FLIGHT_DELAY_LOG_MAX_BACKLOG`` (50,000
+    rows) and ``FLIGHT_DELAY_LOG_RETENTION_DAYS`` (30; 0 keeps everything). ``clock`` is the wall
+    clock of the records; ``before_write`` runs on the writer thread with its connection before
+    every write (tests set SQLite's own limits through it).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        flush_seconds: float = 0.1,
+        *,
+        max_backlog: int | None = None,
+        retention_days: float | None = None,
+        retention_every_seconds: float = 300.0,
+        busy_timeout: float = 5.0,
+        close_timeout: float = 10.0,
+        clock: Callable[[], float] = time.time,
+        before_write: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
+        self.path = Path(path)
         self.flush_seconds = flush_seconds
-        self._predictions: deque[tuple[Any, ...]] = deque()
-        self._feedback: deque[tuple[Any, ...]] = deque()
+        self.max_backlog = log_max_backlog() if max_backlog is None else max_backlog
+        self.retention_days = log_retention_days() if retention_days is None else retention_days
+        self.retention_every_seconds = retention_every_seconds
+        self.busy_timeout = busy_timeout
+        self.close_timeout = close_timeout
+        self.clock = clock
+        self.before_write = before_write
+        # Guards the queue and everything the request threads and the writer both read.
+        self._state = threading.Condition()
+        self._queue: list[tuple[str, tuple[Any, ...]]] = []
+        self._accepted = 0  # records ever queued
+        self._done = 0  # of those, the first ``_done`` are committed (or spilled, or dropped)
+        self._committed = 0  # ... and the first ``_committed`` are in the database
+        self._closing = False
+        self._alive = True
+        self._last_error: str | None = None
+        self._counts: Counter[str] = Counter()
+        # The writer thread's own: the rows taken from the queue and not yet committed.
+        self._pending = LogRows()
+        self._pending_upto = 0
+        self._spills_waiting = True
+        self._next_prune = 0.0
+        # Opening migrates an older log and fails the start if the log cannot be opened at all.
+        self._conn: sqlite3.Connection | None = self._open(startup=True)
+        self._requests = self._open(startup=True)  # lookups and feedback, from request threads
+        self._requests_lock = threading.Lock()
+        self._wake = threading.Event()
         self._stop = threading.Event()
-        self._conn = open_for_writing(path)
-        self._reader = open_for_writing(path)
-        self._lock = threading.Lock()
-        self.written = 0
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
+
+    # --- Request side ---------------------------------------------------------------------------
 
     def predicted(
         self,
@@ -50,57 +174,317 @@ class PredictionLogWriter:
         variant: str,
         probability: float,
         features: dict[str, Any],
+        prediction_time: float | None = None,
     ) -> None:
+        """Queue a prediction (``prediction_time``: the request's data time, unix seconds).
+        Raises ``ValueError`` for a probability or time that is not a finite number, and
+        :class:`LogUnavailable` when the log cannot take it: the prediction must not be served."""
+        if not math.isfinite(probability):
+            raise ValueError(f"probability of prediction {request_id}: expected a finite number, got {probability!r}")
+        if prediction_time is not None and not math.isfinite(prediction_time):
+            raise ValueError(
+                f"prediction_time of prediction {request_id}: expected unix seconds, got {prediction_time!r}"
+            )
         # Serialized by the writer thread, off the request path.
-        self._predictions.append((request_id, time.time(), flight_key, model_version, variant, probability, features))
+        row = (request_id, self.clock(), flight_key, model_version, variant, float(probability))
+        self._accept("predictions", (*row, features, prediction_time))
 
     def feedback(self, request_id: str, flight_key: str, delay: float, late: bool) -> None:
-        self._feedback.append((request_id, time.time(), flight_key, delay, int(late)))
+        """Queue an outcome for a logged prediction; it is kept only if the prediction has none
+        (the first outcome stands). :meth:`record_feedback` says which, synchronously."""
+        if not math.isfinite(delay):
+            raise ValueError(f"departure delay of {request_id}: expected a finite number of minutes, got {delay!r}")
+        self._accept("feedback", (request_id, self.clock(), flight_key, float(delay), int(late)))
 
-    def _drain(self) -> None:
-        preds = [(*r[:6], _to_json(r[6])) for r in (self._predictions.popleft() for _ in range(len(self._predictions)))]
-        fb = [self._feedback.popleft() for _ in range(len(self._feedback))]
-        if not preds and not fb:
-            return
-        with self._lock:
-            self._conn.execute("BEGIN")
-            if preds:
-                self._conn.executemany("INSERT OR REPLACE INTO predictions VALUES (?,?,?,?,?,?,?)", preds)
-            if fb:
-                self._conn.executemany("INSERT INTO feedback VALUES (?,?,?,?,?)", fb)
-            self._conn.execute("COMMIT")
-        self.written += len(preds)
+    def _accept(self, table: str, row: tuple[Any, ...]) -> None:
+        with self._state:
+            refusal = self._refusal()
+            if refusal is not None:
+                raise LogUnavailable(refusal)
+            self._queue.append((table, row))
+            self._accepted += 1
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.flush_seconds):
-            self._drain()
-        self._drain()
+    def _refusal(self) -> str | None:
+        """Why a record would be refused now (the caller holds ``_state``), or None."""
+        if self._closing:
+            return "the prediction log is closed (the service is shutting down)"
+        if not self._alive:
+            return f"the prediction log's writer has stopped (last error: {self._last_error})"
+        backlog = self._accepted - self._done
+        if backlog >= self.max_backlog:
+            return (
+                f"the prediction log is not being written: {backlog} rows wait, the bound is {self.max_backlog} "
+                f"rows (FLIGHT_DELAY_LOG_MAX_BACKLOG); last error: {self._last_error}"
+            )
+        return None
 
-    def flush(self) -> None:
-        """Commit whatever is queued now (tests; feedback for a just-made prediction)."""
-        self._drain()
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until everything queued before the call is committed: the writer thread is woken
+        and does it. Raises :class:`LogUnavailable` saying why if that takes longer than
+        ``timeout`` seconds or the writer has stopped."""
+        with self._state:
+            target = self._accepted
+            if self._committed >= target:
+                return
+            self._wake.set()
+            self._state.wait_for(lambda: self._committed >= target or not self._alive, timeout)
+            if self._committed >= target:
+                return
+            why = "the writer has stopped" if not self._alive else f"not within {timeout} s"
+            raise LogUnavailable(
+                f"the prediction log did not commit the {target - self._done} rows queued before this flush: "
+                f"{why}; last error: {self._last_error}"
+            )
 
     def lookup(self, request_id: str | None = None, flight_key: str | None = None) -> dict[str, Any] | None:
         """The logged prediction by request id, or the latest one for a flight key."""
-        if request_id is not None:
-            row = self._reader.execute(
-                "SELECT request_id, flight_key, model_version, variant, probability FROM predictions "
-                "WHERE request_id = ?",
-                (request_id,),
-            ).fetchone()
-        else:
-            row = self._reader.execute(
-                "SELECT request_id, flight_key, model_version, variant, probability FROM predictions "
-                "WHERE flight_key = ? ORDER BY predicted_at DESC LIMIT 1",
-                (flight_key,),
-            ).fetchone()
-        if row is None:
-            return None
-        return dict(zip(("request_id", "flight_key", "model_version", "variant", "probability"), row))
+        with self._requests_lock:
+            return find_prediction(self._requests, request_id, flight_key)
+
+    def record_feedback(
+        self,
+        request_id: str | None = None,
+        flight_key: str | None = None,
+        *,
+        departure_delay_minutes: float,
+        late: bool,
+        wait_seconds: float,
+    ) -> RecordedFeedback:
+        """Record the outcome of a prediction, once (synchronous: call it from a worker thread).
+
+        Finds the prediction by ``request_id``, or the latest for ``flight_key`` (this worker's
+        queue flushed first); if it is not there yet, polls for ``wait_seconds`` for another
+        worker's commit. Then one write transaction inserts the outcome unless the prediction
+        has one. Returns the prediction with ``first=True`` when this call recorded it,
+        ``first=False`` when the same outcome was there already. Raises
+        :class:`FeedbackConflict` when a different outcome is there, ``LookupError`` naming the
+        key when no prediction is found, :class:`LogUnavailable` when the log cannot be written.
+        """
+        if (request_id is None) == (flight_key is None):
+            raise ValueError(
+                f"expected a request_id or a flight_key, exactly one; got request_id={request_id!r}, "
+                f"flight_key={flight_key!r}"
+            )
+        if not math.isfinite(departure_delay_minutes):
+            raise ValueError(f"expected a finite departure delay in minutes, got {departure_delay_minutes!r}")
+        deadline = time.monotonic() + wait_seconds
+        # A flight's latest prediction may still be in this worker's queue: flush before looking.
+        found = None if flight_key is not None else self.lookup(request_id)
+        if found is None:
+            self.flush(timeout=max(wait_seconds, 1.0))
+            found = self.lookup(request_id, flight_key)
+        while found is None and time.monotonic() < deadline:
+            time.sleep(max(0.0, min(POLL_SECONDS, deadline - time.monotonic())))
+            found = self.lookup(request_id, flight_key)
+        if found is None:
+            which = f"request_id {request_id}" if request_id is not None else f"flight_key {flight_key}"
+            raise LookupError(f"no logged prediction for {which}")
+        with self._requests_lock:
+            try:
+                return record_outcome(
+                    self._requests, found["request_id"], float(departure_delay_minutes), bool(late), self.clock()
+                )
+            except sqlite3.OperationalError as exc:
+                raise LogUnavailable(
+                    f"cannot record the outcome of prediction {found['request_id']}: {_describe(exc)}"
+                ) from exc
+
+    def status(self) -> LogStatus:
+        with self._state:
+            return LogStatus(
+                writer_alive=self._alive and self._thread.is_alive(),
+                accepting=self._refusal() is None,
+                backlog=self._accepted - self._done,
+                max_backlog=self.max_backlog,
+                last_error=self._last_error,
+                write_errors=self._counts["write_errors"],
+                spilled=self._counts["spilled"],
+                replayed=self._counts["replayed"],
+                dropped=self._counts["dropped"],
+                pruned=self._counts["pruned"],
+            )
 
     def close(self) -> None:
+        """Stop accepting, commit what is queued (retrying until ``close_timeout``), spill what
+        still cannot be written, and close."""
+        with self._state:
+            self._closing = True
         self._stop.set()
-        self._thread.join(timeout=30)
-        self._drain()
-        self._conn.close()
-        self._reader.close()
+        self._wake.set()
+        self._thread.join(timeout=self.close_timeout + self.busy_timeout + 30)
+        if self._thread.is_alive():
+            log.error("prediction log: the writer thread is still running after close; its queue may be lost")
+        with self._requests_lock:
+            self._requests.close()
+
+    # --- Writer thread --------------------------------------------------------------------------
+
+    def _open(self, startup: bool = False) -> sqlite3.Connection:
+        # At start, workers opening a new log at once wait for each other (open_for_writing); a
+        # reconnect while the log is failing waits no longer than a write would.
+        conn = open_for_writing(self.path) if startup else open_for_writing(self.path, self.busy_timeout)
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        return conn
+
+    def _run(self) -> None:
+        backoff = _Backoff()
+        try:
+            while not self._stop.is_set():
+                if backoff.delay:
+                    self._stop.wait(backoff.delay)  # only a close cuts a backoff short
+                else:
+                    self._wake.wait(self.flush_seconds)
+                    self._wake.clear()
+                if self._step():
+                    backoff.succeeded()
+                else:
+                    backoff.failed()
+            self._finish(backoff)
+        except BaseException as exc:
+            log.critical("prediction log: the writer thread stopped on %s", _describe(exc), exc_info=True)
+            raise
+        finally:
+            with self._state:
+                self._alive = False  # refuses records from now on: nothing is queued after the spill
+            self._take()
+            self._spill()
+            if self._conn is not None:
+                self._conn.close()
+            LOG_BACKLOG.set(0)
+
+    def _step(self) -> bool:
+        """One round: replay spill files (until done), commit the queue, apply the retention.
+        True when every write succeeded."""
+        self._take()
+        ok = True
+        if self._spills_waiting:
+            ok = self._attempt("replay", self._replay)
+        ok = self._attempt("write", self._write) and ok
+        if ok and self.retention_days > 0 and time.monotonic() >= self._next_prune:
+            ok = self._attempt("retention", self._prune)
+        with self._state:
+            LOG_BACKLOG.set(self._accepted - self._done)
+        return ok
+
+    def _finish(self, backoff: _Backoff) -> None:
+        """Closing: keep trying to commit until ``close_timeout``; what is left is spilled."""
+        deadline = time.monotonic() + self.close_timeout
+        while True:
+            self._take()
+            if self._attempt("write", self._write):
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            time.sleep(min(backoff.failed(), remaining))
+
+    def _take(self) -> None:
+        """Move the queue into the pending rows, features encoded."""
+        with self._state:
+            taken, self._queue = self._queue, []
+            upto = self._accepted
+        for table, row in taken:
+            if table == "feedback":
+                self._pending.feedback.append(row)
+                continue
+            try:
+                features = _to_json(row[6])
+            except (TypeError, orjson.JSONEncodeError) as exc:
+                self._drop(1, f"prediction {row[0]}: features not encodable as JSON ({exc})")
+                continue
+            self._pending.predictions.append((*row[:6], features, row[7]))
+        self._pending_upto = upto
+
+    def _settle(self, committed: bool) -> None:
+        """The pending rows are dealt with (``committed``, or else spilled or lost): every record
+        queued until the last take is done."""
+        self._pending = LogRows()
+        with self._state:
+            self._done = self._pending_upto
+            if committed:
+                self._committed = self._pending_upto
+            self._state.notify_all()
+
+    def _attempt(self, what: str, write: Callable[[sqlite3.Connection], None]) -> bool:
+        try:
+            if self._conn is None:
+                self._conn = self._open()
+            if self.before_write is not None:
+                self.before_write(self._conn)
+            write(self._conn)
+            return True
+        except Exception as exc:  # counted, logged and retried: a dead writer is what must not happen
+            self._failed(what, exc)
+            return False
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        described = _describe(exc)
+        with self._state:
+            self._counts["write_errors"] += 1
+            self._last_error = described
+            backlog = self._accepted - self._done
+        LOG_WRITE_ERRORS.labels(getattr(exc, "sqlite_errorname", None) or type(exc).__name__).inc()
+        log.warning("prediction log: %s failed (%s); %d rows kept, retrying", what, described, backlog)
+        conn = self._conn
+        if conn is not None and conn.in_transaction:  # write_transaction rolls back; its ROLLBACK may fail
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error as rollback:
+                log.error("prediction log: ROLLBACK failed (%s); reconnecting", _describe(rollback))
+                conn.close()  # closing ends the transaction and releases the lock
+                self._conn = None
+
+    def _write(self, conn: sqlite3.Connection) -> None:
+        if self._pending:
+            with write_transaction(conn):
+                refused = write_rows(conn, self._pending)
+            self._report_refused(refused)
+        self._settle(committed=True)
+
+    def _replay(self, conn: sqlite3.Connection) -> None:
+        replayed = replay_spills(conn, self.path)
+        self._spills_waiting = False
+        for file, why in replayed.invalid:
+            log.error("prediction log: spill file not replayed, kept as %s: %s", file, why)
+        self._report_refused(replayed.refused)
+        if replayed.files:
+            log.warning("prediction log: replayed %d rows from %d spill files", replayed.rows, len(replayed.files))
+        with self._state:
+            self._counts["replayed"] += replayed.rows
+        LOG_REPLAYED.inc(replayed.rows)
+
+    def _prune(self, conn: sqlite3.Connection) -> None:
+        # The next batch at once while the last one was full; else in retention_every_seconds.
+        self._next_prune = time.monotonic() + self.retention_every_seconds
+        deleted = prune(conn, self.clock() - self.retention_days * DAY_SECONDS, PRUNE_BATCH)
+        if deleted == PRUNE_BATCH:
+            self._next_prune = time.monotonic()
+        with self._state:
+            self._counts["pruned"] += deleted
+
+    def _spill(self) -> None:
+        """At the end of the writer thread: whatever is still pending goes to a spill file."""
+        if not self._pending:
+            self._settle(committed=True)
+            return
+        n = len(self._pending)
+        try:
+            file = spill(self.path, self._pending, self.clock())
+        except OSError as exc:
+            self._drop(n, f"neither written to the log nor spilled ({exc})")
+        else:
+            log.warning("prediction log: %d rows not written at shutdown; spilled to %s for the next start", n, file)
+            with self._state:
+                self._counts["spilled"] += n
+            LOG_SPILLED.inc(n)
+        self._settle(committed=False)
+
+    def _report_refused(self, refused: list[RefusedRow]) -> None:
+        for row in refused:
+            self._drop(1, f"{row.table} row of {row.row[0]} refused by SQLite ({row.error})")
+
+    def _drop(self, n: int, why: str) -> None:
+        log.error("prediction log: %d acknowledged rows lost: %s", n, why)
+        with self._state:
+            self._counts["dropped"] += n
+        LOG_DROPPED.inc(n)

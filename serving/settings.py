@@ -23,6 +23,21 @@ def _float(name: str, default: float, lo: float, hi: float) -> float:
     return value
 
 
+DEFAULT_LOG_MAX_BACKLOG = 50_000
+DEFAULT_LOG_RETENTION_DAYS = 30.0
+
+
+def log_max_backlog() -> int:
+    """Rows the prediction log may hold in memory, not yet committed, before predictions are
+    refused (``FLIGHT_DELAY_LOG_MAX_BACKLOG``)."""
+    return int(_float("FLIGHT_DELAY_LOG_MAX_BACKLOG", DEFAULT_LOG_MAX_BACKLOG, 1, 10_000_000))
+
+
+def log_retention_days() -> float:
+    """Days a logged prediction is kept (``FLIGHT_DELAY_LOG_RETENTION_DAYS``; 0 keeps everything)."""
+    return _float("FLIGHT_DELAY_LOG_RETENTION_DAYS", DEFAULT_LOG_RETENTION_DAYS, 0, 36_500)
+
+
 @dataclass(frozen=True)
 class ServingSettings:
     layout: DataLayout  # the data folder: registry, Feast state, prediction log
@@ -33,6 +48,8 @@ class ServingSettings:
     max_batch: int
     refresh_seconds: float
     log_flush_seconds: float
+    log_max_backlog: int
+    log_retention_days: float
     feature_cache_seconds: float
     feature_cache_entries: int
     max_concurrency: int  # requests in progress per worker before it sheds load (503)
@@ -62,6 +79,8 @@ class ServingSettings:
             max_batch=max_batch,
             refresh_seconds=_float("FLIGHT_DELAY_REFRESH_SECONDS", 0.5, 0.05, 60),
             log_flush_seconds=_float("FLIGHT_DELAY_LOG_FLUSH_SECONDS", 0.1, 0.01, 10),
+            log_max_backlog=log_max_backlog(),
+            log_retention_days=log_retention_days(),
             # How long a worker reuses an online-feature row it read (0: read every request).
             feature_cache_seconds=_float("FLIGHT_DELAY_FEATURE_CACHE_SECONDS", 1.0, 0.0, 60),
             feature_cache_entries=int(_float("FLIGHT_DELAY_FEATURE_CACHE_ENTRIES", 20_000, 100, 10_000_000)),

@@ -221,3 +221,30 @@ def create_load_failure_series() -> None:
     increase sees the first failure (a series that appears at 1 has no increase to show)."""
     for variant in LOAD_VARIANTS:
         MODEL_LOAD_FAILURES.labels(variant)
+
+
+# --- Prediction log writer ----------------------------------------------------------------------
+# Updated by the writer thread of each worker (``serving.log_writer``), never on the request path.
+
+LOG_BACKLOG = bentoml.metrics.Gauge(
+    name="flight_delay_log_backlog_rows",
+    documentation="Prediction and feedback rows acknowledged but not yet committed to the log, summed over the "
+    "live workers. Predictions are refused (503) when a worker reaches FLIGHT_DELAY_LOG_MAX_BACKLOG.",
+    multiprocess_mode="livesum",
+)
+LOG_WRITE_ERRORS = _counter(
+    "log_write_errors_total",
+    "Failed writes to the prediction log (each rolled back and retried with backoff), by SQLite error "
+    "(SQLITE_BUSY, SQLITE_FULL, SQLITE_READONLY, ...; the exception type for other errors).",
+    "error",
+)
+LOG_SPILLED = _counter(
+    "log_spilled_rows_total",
+    "Rows written to a spill file beside the log at shutdown because the log could not be written.",
+)
+LOG_REPLAYED = _counter("log_replayed_rows_total", "Rows replayed from spill files into the log at start.")
+LOG_DROPPED = _counter(
+    "log_dropped_rows_total",
+    "Acknowledged rows lost: refused by SQLite for their content, not encodable as JSON, or neither written nor "
+    "spilled at shutdown (the service log says which). Zero unless something is broken.",
+)

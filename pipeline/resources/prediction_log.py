@@ -15,8 +15,10 @@ class PredictionLogResource(dg.ConfigurableResource):
 
     path: str = Field(description="The service's predictions.db; a missing file reads as an empty log.")
 
-    def read(self, since: float | None = None) -> pd.DataFrame:
-        return read_log(Path(self.path), since)
+    def read(self, since: float | None = None, start: float | None = None, end: float | None = None) -> pd.DataFrame:
+        """The logged predictions (``since``: made at or after, unix seconds), those of data time
+        in ``[start, end)`` when given (``flight_delay.prediction_log.read_log``)."""
+        return read_log(Path(self.path), since, start=start, end=end)
 
     def exists(self) -> bool:
         return Path(self.path).exists()

@@ -4,43 +4,34 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from contextlib import closing
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import dagster as dg
 import pandas as pd
 import pytest
 
+from flight_delay.flights import LOCAL_TZ
 from flight_delay.prediction_log import open_for_writing, read_log
 from pipeline.definitions import build_definitions
-from serving import log_writer
 from serving.log_writer import PredictionLogWriter
 
-BASE = [
-    "request_id",
-    "predicted_at",
-    "flight_key",
-    "model_version",
-    "variant",
-    "probability",
-    "departure_delay_minutes",
-    "late",
-    "feedback_at",
-]
+# The columns of a log without features, in order: the prediction, then its feedback.
+PREDICTION = ["request_id", "predicted_at", "prediction_time", "flight_key"]
+MODEL = ["model_version", "variant", "probability"]
+BASE = [*PREDICTION, *MODEL, "departure_delay_minutes", "late", "feedback_at"]
 T0 = 1_700_000_000.0
 
 
 @pytest.fixture()
-def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+def clock() -> list[float]:
     """The log's wall clock, set by the test: ``clock[0] = t``."""
-    now = [T0]
-    monkeypatch.setattr(log_writer, "time", SimpleNamespace(time=lambda: now[0]))
-    return now
+    return [T0]
 
 
 def _write(path: Path, clock: list[float]) -> None:
-    log = PredictionLogWriter(path)
+    log = PredictionLogWriter(path, clock=lambda: clock[0])
     log.predicted(
         "r1",
         "UA_1545_2013-01-01",
@@ -70,19 +61,20 @@ def _write(path: Path, clock: list[float]) -> None:
     clock[0] = T0 + 30
     log.feedback("r1", "UA_1545_2013-01-01", 2.0, False)
     clock[0] = T0 + 40
-    log.feedback("r1", "UA_1545_2013-01-01", 45.0, True)  # a correction: the latest one counts
+    log.feedback("r1", "UA_1545_2013-01-01", 45.0, True)  # a second outcome: not recorded, the first stands
     log.feedback("r3", "B6_725_2013-01-01", -4.0, False)
     log.close()
 
 
-def test_predictions_come_back_with_their_latest_feedback(tmp_path, clock):
+def test_predictions_come_back_with_their_feedback(tmp_path, clock):
     path = tmp_path / "predictions.db"
     _write(path, clock)
     frame = read_log(path)
 
-    assert list(frame.columns) == [*BASE[:6], "dep_hour", "temp", "carrier", "wind_gust", *BASE[6:]]
+    assert list(frame.columns) == [*BASE[:7], "dep_hour", "temp", "carrier", "wind_gust", *BASE[7:]]
     assert list(frame["request_id"]) == ["r1", "r2", "r3"]  # one row each, oldest first
     assert str(frame["predicted_at"].dtype) == "datetime64[ns, UTC]"
+    assert str(frame["prediction_time"].dtype) == "datetime64[ns, UTC]" and frame["prediction_time"].isna().all()
     assert list(frame["predicted_at"]) == [pd.Timestamp(T0 + s, unit="s", tz="UTC") for s in (0, 10, 20)]
     assert list(frame["model_version"]) == ["flight_delay:aaa", "flight_delay:bbb", "flight_delay:aaa"]
     assert list(frame["variant"]) == ["champion", "challenger", "champion"]
@@ -96,13 +88,13 @@ def test_predictions_come_back_with_their_latest_feedback(tmp_path, clock):
     assert math.isnan(frame["wind_gust"].iloc[0]) and frame["wind_gust"].iloc[1] == 12.5
     assert math.isnan(frame["wind_gust"].iloc[2])
 
-    # Feedback: the latest record per request, nothing for r2.
+    # Feedback: the first outcome per request, nothing for r2.
     assert str(frame["late"].dtype) == "boolean"
     assert frame["late"].isna().tolist() == [False, True, False]
-    assert frame["late"].iloc[0] and not frame["late"].iloc[2]
-    assert frame["departure_delay_minutes"].iloc[0] == 45.0 and frame["departure_delay_minutes"].iloc[2] == -4.0
+    assert not frame["late"].iloc[0] and not frame["late"].iloc[2]
+    assert frame["departure_delay_minutes"].iloc[0] == 2.0 and frame["departure_delay_minutes"].iloc[2] == -4.0
     assert math.isnan(frame["departure_delay_minutes"].iloc[1])
-    assert frame["feedback_at"].iloc[0] == pd.Timestamp(T0 + 40, unit="s", tz="UTC")
+    assert frame["feedback_at"].iloc[0] == pd.Timestamp(T0 + 30, unit="s", tz="UTC")
     assert pd.isna(frame["feedback_at"].iloc[1])
 
 
@@ -163,31 +155,130 @@ def test_a_database_without_the_tables_is_refused(tmp_path):
         read_log(path)
 
 
-def test_the_asset_stores_the_log_in_the_lake(tmp_path, clock):
+def _local(text: str) -> float:
+    return pd.Timestamp(text, tz=LOCAL_TZ).timestamp()
+
+
+def _write_days(path: Path) -> None:
+    """Predictions for flights of March 9 and 10, 2013 (the 10th is the day clocks go forward), one
+    logged without a prediction time, one whose features are not JSON on the 11th."""
+    wall = [T0]
+    log = PredictionLogWriter(path, clock=lambda: wall[0])
+    predict = {"model_version": "flight_delay:aaa", "variant": "champion", "features": {"x": 1.0}}
+    log.predicted("a", "2013-03-09:UA1:EWR", probability=0.1, prediction_time=_local("2013-03-09 00:00"), **predict)
+    log.predicted("b", "2013-03-10:UA2:EWR", probability=0.2, prediction_time=_local("2013-03-09 23:59:59"), **predict)
+    log.predicted("c", "2013-03-10:UA3:EWR", probability=0.3, prediction_time=_local("2013-03-10 00:00"), **predict)
+    log.predicted("d", "2013-03-10:UA4:EWR", probability=0.4, prediction_time=_local("2013-03-10 23:30"), **predict)
+    wall[0] = _local("2013-03-10 12:00")
+    log.predicted("e", "2013-03-10:UA5:EWR", probability=0.5, **predict)  # the day of predicted_at
+    log.feedback("c", "2013-03-10:UA3:EWR", 30.0, True)
+    log.close()
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "INSERT INTO predictions VALUES ('z', ?, '2013-03-11:UA9:EWR', 'm', 'champion', 0.9, 'not json', ?)",
+            (T0, _local("2013-03-11 06:00")),
+        )
+
+
+def test_a_time_range_reads_the_predictions_of_its_data_time(tmp_path):
+    path = tmp_path / "predictions.db"
+    _write_days(path)
+    day = read_log(path, start=_local("2013-03-10 00:00"), end=_local("2013-03-11 00:00"))
+    assert list(day["request_id"]) == ["e", "c", "d"]  # oldest predicted_at first
+    assert list(day["prediction_time"]) == [
+        pd.NaT,
+        pd.Timestamp("2013-03-10 00:00", tz=LOCAL_TZ),
+        pd.Timestamp("2013-03-10 23:30", tz=LOCAL_TZ),
+    ]
+    assert list(day["late"].astype(object)) == [pd.NA, True, pd.NA]
+    assert list(read_log(path, end=_local("2013-03-10 00:00"))["request_id"]) == ["a", "b"]
+    with pytest.raises(ValueError, match="features of prediction z are not a JSON object"):
+        read_log(path, start=_local("2013-03-11 00:00"))
+
+
+def test_a_day_is_read_through_the_index(tmp_path):
+    from flight_delay.prediction_log import read_query
+
+    path = tmp_path / "predictions.db"
+    PredictionLogWriter(path).close()
+    sql, params = read_query(start=_local("2013-03-10 00:00"), end=_local("2013-03-11 00:00"))
+    with closing(sqlite3.connect(path)) as db:
+        plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+    assert not [step for step in plan if step.startswith("SCAN")], plan
+    assert any("USING INDEX predictions_by_data_time (prediction_time>? AND prediction_time<?)" in s for s in plan)
+    assert any("USING INDEX predictions_by_data_time (prediction_time=? AND predicted_at>?" in s for s in plan)
+
+
+def test_the_daily_asset_stores_each_day_of_the_log_in_the_lake(tmp_path):
     data_dir = tmp_path / "data"
     defs = build_definitions(data_dir=str(data_dir))
     assets = list(defs.assets or [])
+    stored = data_dir / "lake" / "prediction_log"
 
-    # Before the service ever ran: an empty dataset, not a failure.
-    result = dg.materialize(assets, selection=["prediction_log"], resources=defs.resources)
-    assert result.success
-    stored = data_dir / "lake" / "prediction_log" / "prediction_log.parquet"
-    assert pd.read_parquet(stored).empty
+    def materialize(day: str) -> dict[str, Any]:
+        result = dg.materialize(assets, selection=["prediction_log"], resources=defs.resources, partition_key=day)
+        assert result.success
+        (event,) = result.get_asset_materialization_events()
+        return {k: v.value for k, v in event.materialization.metadata.items()}
 
-    _write(data_dir / "prediction_log" / "predictions.db", clock)  # where the service writes
-    result = dg.materialize(assets, selection=["prediction_log"], resources=defs.resources)
-    assert result.success
-    frame = pd.read_parquet(stored)
-    pd.testing.assert_frame_equal(frame, read_log(data_dir / "prediction_log" / "predictions.db"))
-    assert frame["late"].isna().sum() == 1
+    # Before the service ever ran: an empty day, not a failure.
+    assert materialize("2013-03-09")["rows"] == 0
+    assert pd.read_parquet(stored / "2013-03-09.parquet").empty
 
-    (event,) = result.get_asset_materialization_events()
-    metadata = {k: v.value for k, v in event.materialization.metadata.items()}
-    assert metadata["rows"] == 3 and metadata["rows_with_feedback"] == 2
-    assert metadata["models"] == {"flight_delay:aaa": 2, "flight_delay:bbb": 1}
-    assert metadata["variants"] == {"challenger": 1, "champion": 2}
-    assert metadata["first_prediction"] == T0 and metadata["last_prediction"] == T0 + 20
-    assert metadata["path"] == str((data_dir / "prediction_log" / "predictions.db").resolve())
+    db = data_dir / "prediction_log" / "predictions.db"  # where the service writes
+    _write_days(db)
+    first = materialize("2013-03-09")
+    second = materialize("2013-03-10")  # the row of the 11th is never read: its features would fail
+    ninth, tenth = pd.read_parquet(stored / "2013-03-09.parquet"), pd.read_parquet(stored / "2013-03-10.parquet")
+    assert list(ninth["request_id"]) == ["a", "b"] and set(ninth["day"]) == {"2013-03-09"}
+    assert list(tenth["request_id"]) == ["e", "c", "d"] and set(tenth["day"]) == {"2013-03-10"}
+    expected = read_log(db, start=_local("2013-03-10 00:00"), end=_local("2013-03-11 00:00"))
+    pd.testing.assert_frame_equal(tenth.drop(columns="day"), expected)
+
+    assert first["day"] == "2013-03-09" and second["day"] == "2013-03-10"
+    assert first["rows"] == 2 and second["rows"] == 3 and second["rows_with_feedback"] == 1
+    assert second["models"] == {"flight_delay:aaa": 3} and second["variants"] == {"champion": 3}
+    assert second["first_prediction"] == _local("2013-03-10 12:00") and second["late_rate"] == 1.0
+    assert second["path"] == str(db.resolve())
+
+
+# The tables of a log written before prediction_time and one outcome per prediction.
+FIRST_SCHEMA = """
+CREATE TABLE predictions (
+    request_id TEXT PRIMARY KEY, predicted_at REAL NOT NULL, flight_key TEXT NOT NULL,
+    model_version TEXT NOT NULL, variant TEXT NOT NULL, probability REAL NOT NULL, features TEXT NOT NULL
+);
+CREATE INDEX predictions_by_flight ON predictions (flight_key, predicted_at);
+CREATE TABLE feedback (
+    request_id TEXT NOT NULL, received_at REAL NOT NULL, flight_key TEXT NOT NULL,
+    departure_delay_minutes REAL NOT NULL, late INTEGER NOT NULL
+);
+"""
+
+
+def test_a_log_from_before_prediction_time_is_migrated_in_place(tmp_path):
+    path = tmp_path / "predictions.db"
+    with closing(sqlite3.connect(path)) as db, db:
+        db.executescript(FIRST_SCHEMA)
+        db.execute("INSERT INTO predictions VALUES ('r1', ?, 'k1', 'm:1', 'champion', 0.4, '{\"x\": 1.0}')", (T0,))
+        db.executemany(
+            "INSERT INTO feedback VALUES ('r1', ?, 'k1', ?, ?)", [(T0 + 1, 2.0, 0), (T0 + 2, 45.0, 1), (T0 + 3, 9.0, 0)]
+        )
+    before = read_log(path)  # an old log reads as it is, the prediction time missing
+    assert before["prediction_time"].isna().all() and list(before["departure_delay_minutes"]) == [9.0]
+
+    log = PredictionLogWriter(path, retention_days=0)  # r1 is years old by the wall clock
+    log.predicted("r2", "k2", "m:1", "champion", 0.6, {"x": 2.0}, prediction_time=T0 - 3600)
+    log.close()
+
+    after = read_log(path)
+    pd.testing.assert_frame_equal(after.iloc[:1], before)  # the latest outcome is the one kept
+    assert after["prediction_time"].iloc[1] == pd.Timestamp(T0 - 3600, unit="s", tz="UTC")
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT COUNT(*) FROM feedback").fetchone() == (1,)
+        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE constraint failed: feedback.request_id"):
+            db.execute("INSERT INTO feedback VALUES ('r1', ?, 'k1', 1.0, 0)", (T0 + 4,))
+    PredictionLogWriter(path, retention_days=0).close()  # a migrated log opens again
 
 
 def _open_at(path: str, barrier: Any, errors: Any) -> None:
