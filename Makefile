@@ -13,7 +13,7 @@ DAGSTER := $(UV) run --frozen dagster
 # online store).
 SYSTEM_PACKAGES := chromium redis-server
 
-.PHONY: help setup system-deps demo evaluate materialize lint test ui serve bench rollback clean
+.PHONY: help setup system-deps demo evaluate materialize lint test ui serve bench bench-interference rollback clean
 
 help:
 	@echo "make demo      set up, then materialize the whole graph on January-March 2013"
@@ -71,6 +71,10 @@ serve: setup
 # Keras-predict baseline (after `make demo`); QUICK=1 for a smoke run; BENCH_ARGS for more.
 bench: setup
 	$(SERVE_WORKERS) $(UV) run --frozen python -m bench $(if $(QUICK),--quick) $(BENCH_ARGS)
+
+# Predictions alone and with feedback that waits for the log alongside: one and two workers.
+bench-interference: setup
+	$(UV) run --frozen python -m bench.interference $(BENCH_ARGS)
 
 # Restore the previous champion; the running service switches within a second.
 rollback: setup

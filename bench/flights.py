@@ -1,8 +1,11 @@
-"""Request bodies for the benchmark: real 2013 departures, predicted as the model was trained."""
+"""Request bodies for the benchmark: real 2013 departures, predicted at the instant the online
+store was brought to, so that every value it serves was known at the prediction time (a value
+stamped later is served as missing, as training would never have seen it)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,20 +14,30 @@ from bench import loadgen as lg
 from bench.harness import HOST
 from flight_delay import data
 from flight_delay.flights import LOCAL_TZ, scheduled_departure
+from flight_delay.paths import DataLayout
 
-HORIZON = pd.Timedelta(minutes=60)  # the training default (TrainingWindowConfig.horizon_minutes)
+# A streamed table the online store is brought up to the end of (the online_features asset).
+_STREAMED = "origin_1h_departures"
 
 
-def sample_flights(month: int = 3, n: int = 2000, unknown: int = 40, seed: int = 2013) -> list[dict]:
-    """A fixed sample of real departures of ``month`` 2013 (tail numbers and routes the feature
-    store knows), plus ``unknown`` of them with made-up tail numbers it has never seen. Each is
-    predicted ``HORIZON`` before its scheduled departure, as the model was trained: at today's date
-    every 2013 feature would be past its view's TTL and served as missing."""
-    flights = data.read_table("flights")
-    local = flights["time_hour"].dt.tz_convert(LOCAL_TZ)
-    chosen = flights[(local.dt.year == 2013) & (local.dt.month == month) & flights["tailnum"].notna()]
-    picked = chosen.sample(n=n, random_state=seed)
-    scheduled = scheduled_departure(picked["time_hour"], picked["minute"]).dt.tz_convert(LOCAL_TZ)
+def store_instant(layout: DataLayout) -> pd.Timestamp:
+    """The end of the last day the pipeline materialized: the state ``make demo`` leaves in the
+    online store (``online_features`` brings it to the end of its partitions)."""
+    days = sorted(p.stem for p in (layout.offline / _STREAMED).glob("*.parquet"))
+    if not days:
+        raise FileNotFoundError(f"no {_STREAMED} partitions under {layout.offline}: run `make demo` first")
+    return pd.Timestamp(days[-1], tz=LOCAL_TZ) + pd.Timedelta(days=1)
+
+
+def sample_flights(at: pd.Timestamp, unknown: int = 40, seed: int = 2013, source: Path | None = None) -> list[dict]:
+    """Every real departure scheduled in the day after ``at`` with a tail number, predicted at
+    ``at``, plus ``unknown`` of them with made-up tail numbers the store has never seen, in a
+    seeded order."""
+    flights = data.read_table("flights", source)
+    sched = scheduled_departure(flights["time_hour"], flights["minute"]).dt.tz_convert(LOCAL_TZ)
+    chosen = flights[(sched > at) & (sched <= at + pd.Timedelta(days=1)) & flights["tailnum"].notna()]
+    if chosen.empty:
+        raise ValueError(f"no flight is scheduled in the day after {at}: the benchmark needs the next day's flights")
     out = [
         {
             "carrier": r.carrier,
@@ -34,9 +47,9 @@ def sample_flights(month: int = 3, n: int = 2000, unknown: int = 40, seed: int =
             "dest": r.dest,
             "scheduled_departure": s.isoformat(),
             "distance": float(r.distance),
-            "prediction_time": (s - HORIZON).isoformat(),
+            "prediction_time": at.isoformat(),
         }
-        for r, s in zip(picked.itertuples(index=False), scheduled)
+        for r, s in zip(chosen.itertuples(index=False), sched[chosen.index])
     ]
     rng = np.random.default_rng(seed)
     for k, i in enumerate(rng.choice(len(out), size=unknown, replace=False)):
@@ -49,5 +62,8 @@ def predict_requests(port: int, flights: list[dict]) -> list[bytes]:
 
 
 def batch_requests(port: int, flights: list[dict], size: int) -> list[bytes]:
-    batches = [flights[i : i + size] for i in range(0, len(flights) - size + 1, size)]
+    """Batches of ``size`` flights, cycling through ``flights`` as often as it takes to make
+    at least four batches."""
+    repeated = flights * max(1, -(-4 * size // len(flights)))
+    batches = [repeated[i : i + size] for i in range(0, len(repeated) - size + 1, size)]
     return [lg.encode_post(HOST, port, "/predict_batch", json.dumps({"flights": b}).encode()) for b in batches]

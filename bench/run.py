@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import loadgen as lg
-from bench.flights import batch_requests, predict_requests, sample_flights
+from bench.flights import batch_requests, predict_requests, sample_flights, store_instant
 from bench.harness import HOST, Scrape, ServerProcess, histogram_delta, metric_total, other_load
 from bench.phases import SLO_P99_MS, Phase, Run, find_max_rate, generator_floor, measure, warm_up
 from bench.report import (
@@ -150,18 +150,19 @@ class Sustained:
 class Bench:
     """One benchmark run: its settings, its scratch data folder and every phase so far."""
 
-    def __init__(self, args: argparse.Namespace, data_dir: Path) -> None:
+    def __init__(self, args: argparse.Namespace, layout: DataLayout) -> None:
         self.args = args
         self.plan = QUICK if args.quick else FULL
         self.sustain_seconds = args.sustain_seconds if args.sustain_seconds is not None else self.plan.sustain_seconds
         self.run = Run(print_row)
         self.workers = int(os.environ.get("FLIGHT_DELAY_WORKERS", "1"))
         self.servers: list[ServerProcess] = []
-        self.flights = sample_flights()
+        self.instant = store_instant(layout)
+        self.flights = sample_flights(self.instant)
         # A throwaway data folder: the real registry and Feast state, a fresh prediction log.
         self.scratch = Path(tempfile.mkdtemp(prefix="flight-delay-bench-"))
         for name in ("bentoml", "feast"):
-            (self.scratch / name).symlink_to(data_dir / name, target_is_directory=True)
+            (self.scratch / name).symlink_to(layout.root / name, target_is_directory=True)
 
     def server(self, target: str, name: str) -> ServerProcess:
         env = {
@@ -412,14 +413,18 @@ def print_service_details(
 
 def print_health(run: Run, servers: list[ServerProcess]) -> dict[str, Any]:
     """Errors, overload, worker restarts and other load on the machine, over every phase."""
+
+    def failures(p: Phase) -> dict[str, int]:
+        # A rate step past capacity is shed with 503 by design (it finds the limit): not an error.
+        shed = {503} if not p.counted else set()
+        return {str(s): n for s, n in p.result.statuses.items() if not 200 <= s < 300 and s not in shed}
+
     errors = {
-        p.result.name: {
-            "non_2xx": {str(s): n for s, n in p.result.statuses.items() if not 200 <= s < 300},
-            "connection_errors": dict(p.result.errors),
-        }
+        p.result.name: {"non_2xx": failures(p), "connection_errors": dict(p.result.errors)}
         for p in run.phases
-        if p.result.failed > 0
+        if failures(p) or p.result.errors
     }
+    shed = {p.result.name: p.result.statuses[503] for p in run.phases if not p.counted and p.result.statuses[503]}
     unanswered = {p.result.name: p.result.unanswered for p in run.phases if p.counted and p.result.unanswered > 0}
     overload = sum(1 for p in run.phases if not p.counted and p.note == "FAIL")
     if errors:
@@ -440,6 +445,8 @@ def print_health(run: Run, servers: list[ServerProcess]) -> dict[str, Any]:
         )
     if overload:
         print(f"({overload} rate steps of the max-rate search failed, by design: they find the limit)")
+    if shed:
+        print(f"(load shed with 503 in rate steps past capacity: {shed})")
     restarted = [s.name for s in servers if s.restarted]
     if restarted:
         print(
@@ -448,6 +455,7 @@ def print_health(run: Run, servers: list[ServerProcess]) -> dict[str, Any]:
         )
     return {
         "restarted_workers": restarted,
+        "shed_in_search_steps": shed,
         "errors": errors,
         "unanswered": unanswered,
         "failed_overload_steps": overload,
@@ -494,12 +502,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.monotonic()
     idle_other = other_load()
-    bench = Bench(args, layout.root)
+    bench = Bench(args, layout)
     champion = json.loads(champions.read_text().splitlines()[-1])["tag"]
     print(
         f"serving benchmark: {platform.node()}, {os.cpu_count()} CPUs, load average "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; data {layout.root}; champion {champion}; "
-        f"{len(bench.flights)} request bodies (March 2013 flights, "
+        f"{len(bench.flights)} request bodies (the flights of the day after {bench.instant:%Y-%m-%d %H:%M %Z}, "
+        f"the online store's instant, predicted at that instant; "
         f"{sum(f['tailnum'].startswith('ZZ') for f in bench.flights)} with unknown tail numbers)"
         f"{'; QUICK run' if args.quick else ''}",
         flush=True,
@@ -522,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "service": args.service,
         "champion": champion,
+        "store_instant": bench.instant.isoformat(),
+        "request_bodies": len(bench.flights),
         "cpus": os.cpu_count(),
         "workers": os.environ.get("FLIGHT_DELAY_WORKERS", "1"),
     }
@@ -589,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         "other_load_cores_before": idle_other,
         "generator_floor_p50_ms": generator.result.percentile(50),
         "generator_floor_p99_ms": generator.result.percentile(99),
+        "future_values": metric_total(sustained.scrapes[1], "flight_delay_future_values_total"),
         "stages": stages,
     }
     summary |= print_health(bench.run, bench.servers)

@@ -22,8 +22,9 @@ from http import HTTPStatus
 from typing import Any, TypeVar
 
 from flight_delay.flights import is_late
+from flight_delay.prediction_log import FeedbackConflict, RecordedFeedback
 from serving.api_models import FeedbackResult, Flight, Prediction
-from serving.log_writer import PredictionLogWriter
+from serving.log_writer import LogUnavailable, PredictionLogWriter
 from serving.online import OnlineFeatures, model_inputs
 from serving.routing import ModelRouter, Variant
 from serving.telemetry import Counts, Telemetry
@@ -142,15 +143,20 @@ class Scorer:
         self.telemetry.online_reads(rows.reads, rows.future, counts)
         self.telemetry.tally.add(counts)
         return [
-            self._respond(keys[i], assigned[i], probabilities[i], features[i], rows.ages[i], rows.unknown[i])
+            self._respond(
+                keys[i], assigned[i], probabilities[i], features[i], rows.ages[i], rows.unknown[i], rows.times[i]
+            )
             for i in range(len(flights))
         ]
 
     def _respond(
-        self, key: str, variant: Variant, p: float, features: dict, ages: dict, unknown: list[str]
+        self, key: str, variant: Variant, p: float, features: dict, ages: dict, unknown: list[str], at: float
     ) -> Prediction:
         request_id = f"{self._id_prefix}{next(self._ids):016x}"
-        self.log.predicted(request_id, key, variant.tag, variant.name, p, features)
+        try:
+            self.log.predicted(request_id, key, variant.tag, variant.name, p, features, prediction_time=at)
+        except LogUnavailable as exc:  # a prediction the log cannot keep is not served
+            raise ServiceError(str(exc), HTTPStatus.SERVICE_UNAVAILABLE) from exc
         # Built from values the service made itself: validating them again buys nothing.
         return Prediction.model_construct(
             request_id=request_id,
@@ -167,30 +173,34 @@ class Scorer:
     async def feedback(
         self, request_id: str | None, flight_key: str | None, delay_minutes: float, wait_seconds: float
     ) -> FeedbackResult:
-        """Record an observed delay against its logged prediction; updates live quality metrics."""
-        # The prediction may still be queued: in this worker (flush now) or, one flush interval
-        # later, in another.
-        await self.blocking.run("the prediction log", self.log.flush)
-        found = await self.blocking.run("the prediction log", self.log.lookup, request_id, flight_key)
-        if found is None:
-            await asyncio.sleep(wait_seconds)
-            found = await self.blocking.run("the prediction log", self.log.lookup, request_id, flight_key)
-        if found is None:
-            which = f"request_id {request_id}" if request_id else f"flight_key {flight_key}"
-            raise ServiceError(f"no logged prediction for {which}", HTTPStatus.NOT_FOUND)
+        """Record an observed delay against its logged prediction, once: the same outcome again is
+        answered without being counted twice, a different one is a conflict (409)."""
         late = is_late(delay_minutes)
-        p = _clip(found["probability"])
+
+        def record() -> RecordedFeedback:
+            return self.log.record_feedback(
+                request_id, flight_key, departure_delay_minutes=delay_minutes, late=late, wait_seconds=wait_seconds
+            )
+
+        try:
+            found = await self.blocking.run("the prediction log", record)
+        except FeedbackConflict as exc:
+            raise ServiceError(str(exc), HTTPStatus.CONFLICT) from exc
+        except LookupError as exc:
+            raise ServiceError(str(exc), HTTPStatus.NOT_FOUND) from exc
+        except LogUnavailable as exc:
+            raise ServiceError(str(exc), HTTPStatus.SERVICE_UNAVAILABLE) from exc
+        p = _clip(found.probability)
         loss = -math.log(p) if late else -math.log(1 - p)
         brier = (p - float(late)) ** 2
-        hit = (p >= self.threshold) == late
-        self.telemetry.feedback(found["model_version"], found["variant"], hit, loss, brier)
-        self.log.feedback(found["request_id"], found["flight_key"], delay_minutes, late)
+        if found.first:  # live quality counts each prediction's outcome once
+            self.telemetry.feedback(found.model_version, found.variant, (p >= self.threshold) == late, loss, brier)
         return FeedbackResult(
-            request_id=found["request_id"],
-            flight_key=found["flight_key"],
-            model_version=found["model_version"],
-            variant=found["variant"],
-            probability=found["probability"],
+            request_id=found.request_id,
+            flight_key=found.flight_key,
+            model_version=found.model_version,
+            variant=found.variant,
+            probability=found.probability,
             late=late,
             log_loss=loss,
             brier=brier,

@@ -88,7 +88,12 @@ class FlightDelayService:
         # A model whose inputs the online features cannot build is refused when it is loaded.
         self.router = ModelRouter(self.registry, s.model_name, s.refresh_seconds, can_serve=self.online.can_serve)
         self.telemetry = Telemetry()
-        self.log = PredictionLogWriter(s.layout.prediction_log, s.log_flush_seconds)
+        self.log = PredictionLogWriter(
+            s.layout.prediction_log,
+            s.log_flush_seconds,
+            max_backlog=s.log_max_backlog,
+            retention_days=s.log_retention_days,
+        )
         self.blocking = Blocking(s.io_threads, s.store_timeout_seconds)
         self.scorer = Scorer(self.router, self.online, self.telemetry, self.log, s.threshold, self.blocking)
         store_name = redact(s.online_store_url) if s.online_store_url else "sqlite"
@@ -108,6 +113,12 @@ class FlightDelayService:
             self.online.check()
         except Exception as exc:
             reasons.append(f"online store not answering: {type(exc).__name__}: {exc}")
+        log_status = self.log.status()
+        if not log_status.ready:
+            reasons.append(
+                f"prediction log not accepting: backlog {log_status.backlog}/{log_status.max_backlog}, "
+                f"last error {log_status.last_error}"
+            )
         if reasons:
             log.warning("not ready: %s", "; ".join(reasons))
         return not reasons

@@ -199,3 +199,55 @@ def test_a_challenger_with_another_feature_spec_is_served_with_its_own_features(
     assert batch.status_code == 200, batch.text
     variants = {p["variant"]: p["model_version"] for p in batch.json()["predictions"]}
     assert variants == {"champion": deployment.champion, "challenger": tag}
+
+
+def test_feedback_is_recorded_once_per_prediction(sqlite_server: ServiceProcess, real_requests: list[FlightRequest]):
+    """The same outcome twice is answered twice and counted once; a different outcome is 409."""
+    from tests.support.metrics import metric, quiet_metrics
+
+    with sqlite_server.client() as client:
+        made = client.post("/predict", json={"flight": real_requests[40].body}).json()
+        before = metric(quiet_metrics(client), "flight_delay_feedback_log_loss_count", model_version=made["model_version"])
+        body = {"feedback": {"request_id": made["request_id"], "departure_delay_minutes": 30}}
+        first, again = client.post("/feedback", json=body), client.post("/feedback", json=body)
+        other = client.post("/feedback", json={"feedback": {"request_id": made["request_id"],
+                                                            "departure_delay_minutes": 0}})
+        after = metric(quiet_metrics(client), "flight_delay_feedback_log_loss_count", model_version=made["model_version"])
+    assert first.status_code == again.status_code == 200, (first.text, again.text)
+    assert first.json() == again.json()
+    assert other.status_code == 409 and "30" in other.json()["error"], other.text
+    assert after - before == 1
+
+
+def test_a_log_that_cannot_be_written_stops_acknowledging_and_loses_nothing(
+    serve: Any, serving_deployment: Deployment, tmp_path: Path, real_requests: list[FlightRequest]
+):
+    """The log is locked by another process: predictions are acknowledged until the backlog
+    bound, then refused (503, not ready); once the lock goes, every acknowledged one is on disk."""
+    import sqlite3
+
+    deployment = clone_deployment(serving_deployment, tmp_path / "data")
+    (server,) = serve(("locked_log", deployment, {"log_max_backlog": "20"}))
+    with server.client() as client:
+        assert client.post("/predict", json={"flight": real_requests[0].body}).status_code == 200
+        time.sleep(0.5)  # committed
+        holder = sqlite3.connect(deployment.prediction_log, timeout=1)
+        holder.execute("BEGIN EXCLUSIVE")
+        answers = [client.post("/predict", json={"flight": r.body}) for r in real_requests[1:40]]
+        acknowledged = [a.json()["request_id"] for a in answers if a.status_code == 200]
+        refused = [a for a in answers if a.status_code != 200]
+        ready_while_locked = client.get("/readyz").status_code
+        holder.rollback()
+        holder.close()
+        deadline = time.monotonic() + 15
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "ready again once the log can be written"
+            time.sleep(0.2)
+        assert client.post("/predict", json={"flight": real_requests[41].body}).status_code == 200
+    assert 0 < len(acknowledged) <= 20 and refused, (len(acknowledged), [r.text for r in refused[:1]])
+    assert all(r.status_code == 503 and "FLIGHT_DELAY_LOG_MAX_BACKLOG" in r.json()["error"] for r in refused)
+    assert ready_while_locked == 503
+    deadline = time.monotonic() + 10
+    while not set(acknowledged) <= set(read_log(deployment.prediction_log)["request_id"]):
+        assert time.monotonic() < deadline, "every acknowledged prediction reaches the log"
+        time.sleep(0.2)
