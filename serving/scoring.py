@@ -62,6 +62,9 @@ class Blocking:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+FEEDBACK_POLL_SECONDS = 0.02  # how often feedback looks again for a prediction another worker logs
+
+
 def _clip(p: float) -> float:
     return min(max(p, 1e-7), 1 - 1e-7)
 
@@ -77,11 +80,14 @@ class Scorer:
         telemetry: Telemetry,
         log: PredictionLogWriter,
         threshold: float,
-        blocking: Blocking,
+        store_calls: Blocking,
+        log_calls: Blocking,
     ) -> None:
         self.router, self.online, self.telemetry, self.log = router, online, telemetry, log
         self.threshold = threshold
-        self.blocking = blocking
+        # Separate threads for the two, so that feedback waiting for the log never delays a
+        # prediction's store read.
+        self.store_calls, self.log_calls = store_calls, log_calls
         # Request ids: 64 random bits per worker start, then a counter (uuid4 costs a system call).
         self._id_prefix = os.urandom(8).hex()
         self._ids = itertools.count()
@@ -90,7 +96,7 @@ class Scorer:
         lookup = self.online.begin(flights, datetime.now(UTC))
         if lookup.needs_store:
             try:
-                await self.blocking.run("the online store", lookup.fetch)
+                await self.store_calls.run("the online store", lookup.fetch)
             except ServiceError:
                 raise
             except Exception as exc:  # the store's own error: connection refused, timeout, locked
@@ -179,17 +185,24 @@ class Scorer:
 
         def record() -> RecordedFeedback:
             return self.log.record_feedback(
-                request_id, flight_key, departure_delay_minutes=delay_minutes, late=late, wait_seconds=wait_seconds
+                request_id, flight_key, departure_delay_minutes=delay_minutes, late=late, wait_seconds=0.0
             )
 
-        try:
-            found = await self.blocking.run("the prediction log", record)
-        except FeedbackConflict as exc:
-            raise ServiceError(str(exc), HTTPStatus.CONFLICT) from exc
-        except LookupError as exc:
-            raise ServiceError(str(exc), HTTPStatus.NOT_FOUND) from exc
-        except LogUnavailable as exc:
-            raise ServiceError(str(exc), HTTPStatus.SERVICE_UNAVAILABLE) from exc
+        # A prediction not logged yet may be in another worker's queue: look again until
+        # ``wait_seconds`` have passed, waiting on the loop between looks, not on a thread.
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                found = await self.log_calls.run("the prediction log", record)
+                break
+            except FeedbackConflict as exc:
+                raise ServiceError(str(exc), HTTPStatus.CONFLICT) from exc
+            except LookupError as exc:
+                if time.monotonic() >= deadline:
+                    raise ServiceError(str(exc), HTTPStatus.NOT_FOUND) from exc
+                await asyncio.sleep(FEEDBACK_POLL_SECONDS)
+            except LogUnavailable as exc:
+                raise ServiceError(str(exc), HTTPStatus.SERVICE_UNAVAILABLE) from exc
         p = _clip(found.probability)
         loss = -math.log(p) if late else -math.log(1 - p)
         brier = (p - float(late)) ** 2

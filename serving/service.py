@@ -94,8 +94,11 @@ class FlightDelayService:
             max_backlog=s.log_max_backlog,
             retention_days=s.log_retention_days,
         )
-        self.blocking = Blocking(s.io_threads, s.store_timeout_seconds)
-        self.scorer = Scorer(self.router, self.online, self.telemetry, self.log, s.threshold, self.blocking)
+        self.store_calls = Blocking(s.io_threads, s.store_timeout_seconds)
+        self.log_calls = Blocking(s.io_threads, s.store_timeout_seconds)
+        self.scorer = Scorer(
+            self.router, self.online, self.telemetry, self.log, s.threshold, self.store_calls, self.log_calls
+        )
         store_name = redact(s.online_store_url) if s.online_store_url else "sqlite"
         log.info("flight_delay service: data %s, online store %s", s.layout.root, store_name)
         # Startup leaves long-lived objects by the hundred thousand (TF, Feast, pydantic); freezing
@@ -128,7 +131,8 @@ class FlightDelayService:
         self.router.close()
         self.log.close()
         self.telemetry.close()
-        self.blocking.close()
+        self.store_calls.close()
+        self.log_calls.close()
 
     async def _answer(self, endpoint: str, work: Awaitable[T]) -> T | JSONResponse:
         started = time.perf_counter()

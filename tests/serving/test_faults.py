@@ -178,14 +178,15 @@ def test_tls_redis_with_a_password_and_a_bearer_token(secured: ServiceProcess, r
 def test_a_challenger_with_another_feature_spec_is_served_with_its_own_features(
     serve: Any, serving_deployment: Deployment, tmp_path: Path, real_requests: list[FlightRequest]
 ):
-    """Each variant is featurized with its own spec: a challenger that reads fewer features
-    (no aircraft, no weather) serves its share without a failed request."""
+    """Each variant is featurized with its own spec: a challenger that reads fewer features, and one
+    the champion does not read (the raw time of the aircraft's last departure), serves its share
+    without a failed request."""
     from flight_delay import model as model_lib
 
     deployment = clone_deployment(serving_deployment, tmp_path / "data")
     registry = deployment.registry()
     training = pd.read_parquet(deployment.data_dir / "lake" / "training_set" / "training_set.parquet")
-    spec = model_lib.FeatureSpec(numeric=("dep_hour", "distance", "origin_1h_departures", "carrier_7d_late_rate"),
+    spec = model_lib.FeatureSpec(numeric=("dep_hour", "distance", "origin_1h_departures", "last_dep_unix"),
                                  categorical=("carrier", "origin"))
     small = model_lib.train(training, "is_late", spec, model_lib.TrainingConfig(hidden_units=(4,), max_epochs=1))
     tag = registry.register(MODEL_NAME, lambda path: model_lib.export(small, path), {}, {})
