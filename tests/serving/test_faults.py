@@ -37,10 +37,18 @@ def proxied(serve: Any, redis_deployment: Deployment, redis_url: str) -> Iterato
     """A server reading Redis through a proxy the test can stall and kill; no feature cache, one
     request in progress at a time (so a second one is shed), Redis commands time out after 1 s."""
     proxy = StallingProxy(_port(redis_url))
-    deployment = Deployment(redis_deployment.data_dir, redis_deployment.champion,
-                            online_store=f"redis://127.0.0.1:{proxy.port}?socket_timeout=1")
-    (server,) = serve(("proxied", deployment, {"feature_cache_seconds": "0", "max_concurrency": "1",
-                                               "store_timeout_seconds": str(STORE_TIMEOUT)}))
+    deployment = Deployment(
+        redis_deployment.data_dir,
+        redis_deployment.champion,
+        online_store=f"redis://127.0.0.1:{proxy.port}?socket_timeout=1",
+    )
+    (server,) = serve(
+        (
+            "proxied",
+            deployment,
+            {"feature_cache_seconds": "0", "max_concurrency": "1", "store_timeout_seconds": str(STORE_TIMEOUT)},
+        )
+    )
     try:
         yield server, proxy
     finally:
@@ -50,8 +58,9 @@ def proxied(serve: Any, redis_deployment: Deployment, redis_url: str) -> Iterato
 def _timed_post(client: httpx.Client, path: str, body: dict, out: dict) -> None:
     started = time.monotonic()
     response = client.post(path, json=body)
-    out.update(status=response.status_code, body=response.json(), seconds=time.monotonic() - started,
-               done=time.monotonic())
+    out.update(
+        status=response.status_code, body=response.json(), seconds=time.monotonic() - started, done=time.monotonic()
+    )
 
 
 def test_a_stalled_redis_fails_requests_within_the_timeout_and_the_worker_keeps_answering(
@@ -121,8 +130,9 @@ def test_a_handler_that_waits_does_not_hold_up_the_worker(sqlite_server: Service
     assert live_done < waited["done"], "/livez answered while the feedback was still waiting"
 
 
-def test_a_past_prediction_time_is_never_served_later_values(sqlite_server: ServiceProcess,
-                                                            real_requests: list[FlightRequest]):
+def test_a_past_prediction_time_is_never_served_later_values(
+    sqlite_server: ServiceProcess, real_requests: list[FlightRequest]
+):
     """The store holds the state at its instant; a request made a day earlier gets none of the
     values stamped after it (the training join would not have them), only counts them."""
     body = {**real_requests[2].body, "prediction_time": (AS_OF - pd.Timedelta(days=1)).isoformat()}
@@ -139,15 +149,17 @@ def test_a_past_prediction_time_is_never_served_later_values(sqlite_server: Serv
     assert "flight_delay_future_values_total{" in metrics and 'view="origin_hourly_weather"' in metrics
     deadline = time.monotonic() + 5
     while (logged := read_log(sqlite_server.deployment.prediction_log)).query(
-            "request_id == @got.json()['request_id']").empty and time.monotonic() < deadline:
+        "request_id == @got.json()['request_id']"
+    ).empty and time.monotonic() < deadline:
         time.sleep(0.1)
     row = logged[logged["request_id"] == got.json()["request_id"]].iloc[0]
     assert pd.isna(row["temp"]) and pd.isna(row["origin_1h_departures"]), row
 
 
 @pytest.fixture(scope="module")
-def secured(serve: Any, serving_deployment: Deployment, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[ServiceProcess]:
+def secured(
+    serve: Any, serving_deployment: Deployment, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
     """A server on a TLS Redis that requires a password, with a bearer token on its API."""
     redis = RedisServer(tmp_path_factory.mktemp("redis_tls"), tls=True, password="s3cret-pw").start()
     deployment = Deployment(serving_deployment.data_dir, serving_deployment.champion, online_store=redis.url)
@@ -186,8 +198,9 @@ def test_a_challenger_with_another_feature_spec_is_served_with_its_own_features(
     deployment = clone_deployment(serving_deployment, tmp_path / "data")
     registry = deployment.registry()
     training = pd.read_parquet(deployment.data_dir / "lake" / "training_set" / "training_set.parquet")
-    spec = model_lib.FeatureSpec(numeric=("dep_hour", "distance", "origin_1h_departures", "last_dep_unix"),
-                                 categorical=("carrier", "origin"))
+    spec = model_lib.FeatureSpec(
+        numeric=("dep_hour", "distance", "origin_1h_departures", "last_dep_unix"), categorical=("carrier", "origin")
+    )
     small = model_lib.train(training, "is_late", spec, model_lib.TrainingConfig(hidden_units=(4,), max_epochs=1))
     tag = registry.register(MODEL_NAME, lambda path: model_lib.export(small, path), {}, {})
     registry.challenge(MODEL_NAME, tag, "split", 0.5, "another spec", expected_champion=deployment.champion)
@@ -208,12 +221,17 @@ def test_feedback_is_recorded_once_per_prediction(sqlite_server: ServiceProcess,
 
     with sqlite_server.client() as client:
         made = client.post("/predict", json={"flight": real_requests[40].body}).json()
-        before = metric(quiet_metrics(client), "flight_delay_feedback_log_loss_count", model_version=made["model_version"])
+        before = metric(
+            quiet_metrics(client), "flight_delay_feedback_log_loss_count", model_version=made["model_version"]
+        )
         body = {"feedback": {"request_id": made["request_id"], "departure_delay_minutes": 30}}
         first, again = client.post("/feedback", json=body), client.post("/feedback", json=body)
-        other = client.post("/feedback", json={"feedback": {"request_id": made["request_id"],
-                                                            "departure_delay_minutes": 0}})
-        after = metric(quiet_metrics(client), "flight_delay_feedback_log_loss_count", model_version=made["model_version"])
+        other = client.post(
+            "/feedback", json={"feedback": {"request_id": made["request_id"], "departure_delay_minutes": 0}}
+        )
+        after = metric(
+            quiet_metrics(client), "flight_delay_feedback_log_loss_count", model_version=made["model_version"]
+        )
     assert first.status_code == again.status_code == 200, (first.text, again.text)
     assert first.json() == again.json()
     assert other.status_code == 409 and "30" in other.json()["error"], other.text

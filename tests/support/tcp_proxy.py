@@ -4,6 +4,7 @@ a client)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -26,10 +27,8 @@ class StallingProxy:
         """Forward again; what arrived meanwhile is dropped with the stalled connections."""
         self.stalled.clear()
         for s in list(self._sockets):
-            try:
+            with contextlib.suppress(OSError):
                 s.close()
-            except OSError:
-                pass
 
     def close(self) -> None:
         self._closed.set()

@@ -22,8 +22,11 @@ def test_a_rediss_url_is_tls_with_its_options_and_credentials():
 
 @pytest.mark.parametrize(
     ("url", "message"),
-    [("http://h:1", "expected redis://"), ("redis://h:1?retries=3", "option 'retries'"),
-     ("redis://:a,b@h:1", "may not contain")],
+    [
+        ("http://h:1", "expected redis://"),
+        ("redis://h:1?retries=3", "option 'retries'"),
+        ("redis://:a,b@h:1", "may not contain"),
+    ],
 )
 def test_bad_urls_are_refused_without_showing_the_password(url, message):
     with pytest.raises(ValueError, match=message) as error:
