@@ -10,8 +10,9 @@ DAGSTER := $(UV) run --frozen dagster
 
 
 # Debian packages the tests drive for real: Chromium (the Dagster UI test), Redis (the Redis
-# online store).
-SYSTEM_PACKAGES := chromium redis-server
+# online store; openssl makes the certificates of its TLS test), Prometheus with promtool and
+# Alertmanager with amtool (the rules, alerts and dashboards' queries).
+SYSTEM_PACKAGES := chromium redis-server openssl prometheus prometheus-alertmanager
 
 .PHONY: help setup system-deps demo evaluate materialize lint test ui serve bench bench-interference rollback clean
 

@@ -17,10 +17,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from flight_delay.monitoring import Scrape, parse_metrics
 from flight_delay.paths import PROJECT_ROOT
 
 HOST = "127.0.0.1"
-Scrape = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 # -- ports and processes ----------------------------------------------------------------------
@@ -169,28 +169,7 @@ def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         conn.close()
 
 
-# -- /metrics -----------------------------------------------------------------------------------
-def parse_metrics(text: str) -> Scrape:
-    """A Prometheus exposition as ``{(sample name, sorted label pairs): value}``."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): float(sample.value)
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def metric_total(scrape: Scrape, name: str, **match: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``match``; a counter declared as
-    ``name`` is exposed as ``name_total``, and both spellings match."""
-    return sum(
-        value
-        for (metric, labels), value in scrape.items()
-        if metric in (name, f"{name}_total") and all(dict(labels).get(k) == v for k, v in match.items())
-    )
-
-
+# -- /metrics ---------------------------------------------------------------------------------
 def histogram_delta(before: Scrape, after: Scrape, name: str, **match: str) -> dict[str, float] | None:
     """Count, mean and bucket-bound p50/p99 of a histogram between two scrapes (summed over the
     series whose labels include ``match``); None when nothing was observed."""

@@ -26,6 +26,7 @@ from serving.service import SERVICE_CONFIG, FlightDelayService, add_request_limi
 with bentoml.importing():
     import numpy as np
 
+    from flight_delay.forward import read_reference
     from flight_delay.model import SERVING_ENDPOINT, FeatureSpec
     from serving.routing import ModelRouter
 
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 class KerasPredictModel:
-    """The interface of :class:`flight_delay.forward.ServingModel` (``spec``, ``bins``,
+    """The interface of :class:`flight_delay.forward.ServingModel` (``spec``, ``reference``,
     ``predict_inputs``) over a Keras model whose ``predict`` runs once per call."""
 
     def __init__(self, path: Path) -> None:
@@ -41,8 +42,7 @@ class KerasPredictModel:
 
         path = Path(path)
         self.spec = FeatureSpec.from_json(json.loads((path / "feature_spec.json").read_text()))
-        bins_file = path / "feature_bins.json"
-        self.bins: dict[str, list[float]] = json.loads(bins_file.read_text()) if bins_file.exists() else {}
+        self.reference = read_reference(path)
         inputs = {c: keras.Input(shape=(), name=c, dtype="float32") for c in self.spec.numeric}
         inputs |= {c: keras.Input(shape=(), name=c, dtype="string") for c in self.spec.categorical}
         layer = keras.layers.TFSMLayer(str(path), call_endpoint=SERVING_ENDPOINT)

@@ -62,7 +62,7 @@ from typing import Any
 
 from bench import loadgen as lg
 from bench.flights import batch_requests, predict_requests, sample_flights, store_instant
-from bench.harness import HOST, Scrape, ServerProcess, histogram_delta, metric_total, other_load
+from bench.harness import HOST, ServerProcess, histogram_delta, other_load
 from bench.phases import SLO_P99_MS, Phase, Run, find_max_rate, generator_floor, measure, warm_up
 from bench.report import (
     HEADER,
@@ -74,6 +74,7 @@ from bench.report import (
     print_targets,
 )
 from flight_delay.model import MODEL_NAME
+from flight_delay.monitoring import Scrape, metric_total
 from flight_delay.paths import DataLayout
 
 SERVICE = "serving.service:FlightDelayService"

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flight_delay.drift import REFERENCE_FILE, Reference
 from flight_delay.model import (
     FORWARD_FILE,
     FORWARD_FORMAT_VERSION,
@@ -261,8 +262,7 @@ class ServingModel:
         path = Path(path)
         self.spec = FeatureSpec.read(path)
         self._serve = self._load_saved_model(path)
-        bins_file = path / "feature_bins.json"
-        self.bins: dict[str, list[float]] = json.loads(bins_file.read_text()) if bins_file.exists() else {}
+        self.reference = read_reference(path)
         self._numpy: NumpyForward | None = None
         self.engine = "tensorflow"
         forward_file = path / FORWARD_FILE
@@ -315,3 +315,18 @@ class ServingModel:
         numbers = np.array([inputs[c] for c in self.spec.numeric], dtype=np.float32).T
         categories = np.array([inputs[c] for c in self.spec.categorical], dtype=object).T
         return self._serve(tf.constant(numbers), tf.constant(categories, dtype=tf.string)).numpy().astype("float64")
+
+
+def read_reference(path: Path) -> Reference:
+    """The model's reference distributions (``reference.json``), or for a model exported before
+    they were saved, its numeric monitoring bins without reference fractions."""
+    file = Path(path) / REFERENCE_FILE
+    if file.exists():
+        try:
+            return Reference.from_json(file.read_text())
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"{file}: not a reference written by flight_delay.model.export ({exc}); re-export"
+            ) from exc
+    bins = Path(path) / "feature_bins.json"
+    return Reference.from_bins(json.loads(bins.read_text()) if bins.exists() else {})

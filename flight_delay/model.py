@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from flight_delay.drift import feature_bins
+from flight_delay.drift import REFERENCE_FILE, Reference, feature_bins
 from flight_delay.feature_tables import (
     AIRCRAFT_PROFILE_NUMERIC,
     AIRCRAFT_PROFILE_TEXT,
@@ -105,6 +105,9 @@ class TrainedModel:
     # What ``fit_preprocessing`` fitted (means, stds, NaN indicators, vocabularies); empty for a
     # model built before it was recorded, which then exports without ``forward.npz``.
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    # The reference distributions monitoring compares live traffic with (set once the model has
+    # been evaluated: the score's reference is its evaluation window).
+    reference: Reference | None = None
 
 
 def to_model_inputs(frame: pd.DataFrame, spec: FeatureSpec) -> dict[str, np.ndarray]:
@@ -321,6 +324,8 @@ def export(trained: TrainedModel, path: Path) -> None:
     (path / SPEC_FILE).write_text(json.dumps(trained.spec.to_json(), indent=2))
     (path / "training_config.json").write_text(json.dumps(asdict(trained.config), indent=2))
     (path / "feature_bins.json").write_text(json.dumps(trained.bins, indent=2))
+    if trained.reference is not None:
+        (path / REFERENCE_FILE).write_text(trained.reference.to_json())
     if trained.preprocessing:
         arrays: dict[str, Any] = forward_arrays(trained)
         np.savez(path / FORWARD_FILE, allow_pickle=False, **arrays)  # plain arrays only

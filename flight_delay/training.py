@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from flight_delay import model as model_lib
+from flight_delay.drift import reference_distribution
 from flight_delay.evaluation import calibration_table, classification_metrics
 from flight_delay.flights import LOCAL_TZ
 
@@ -95,6 +96,7 @@ def train_and_evaluate(
     seconds = time.monotonic() - started
     y = held_out[LABEL].to_numpy()
     p = model_lib.predict(network, held_out)
+    network.reference = reference_distribution(train, spec.numeric, spec.categorical, p)
     lead = (training_set["sched_dep_ts"] - training_set["event_timestamp"]).median()
     return TrainingOutcome(
         network=network,

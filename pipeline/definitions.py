@@ -16,10 +16,23 @@ from pipeline.resources import (
     FeatureStoreResource,
     LocalModelRegistry,
     LocalTableStore,
+    MetricsSource,
     NycFlights13Source,
     ParquetIOManager,
     PredictionLogResource,
+    PrometheusMetrics,
+    ServiceMetrics,
 )
+
+
+def metrics_source(layout: DataLayout) -> MetricsSource:
+    """Prometheus when ``FLIGHT_DELAY_PROMETHEUS_URL`` names one, else the services' own
+    ``/metrics`` at ``FLIGHT_DELAY_SERVICE_URLS`` (comma-separated; ``make serve``'s by default)."""
+    if os.environ.get("FLIGHT_DELAY_PROMETHEUS_URL"):
+        return PrometheusMetrics(url=dg.EnvVar("FLIGHT_DELAY_PROMETHEUS_URL"))
+    urls = [u for u in os.environ.get("FLIGHT_DELAY_SERVICE_URLS", "http://127.0.0.1:3000").split(",") if u]
+    return ServiceMetrics(urls=urls, state_path=str(layout.root / "monitoring" / "last_read.json"))
+
 
 ASSET_MODULES = [ingestion, validated, feature_tables, feature_store, training, packaging, monitoring]
 
@@ -36,8 +49,8 @@ def build_definitions(
     online_store_url = dg.EnvVar("FLIGHT_DELAY_ONLINE_STORE") if os.environ.get("FLIGHT_DELAY_ONLINE_STORE") else None
     return dg.Definitions(
         assets=dg.load_assets_from_modules(ASSET_MODULES),
-        jobs=[jobs.feature_refresh_job, jobs.retrain_job],
-        schedules=[jobs.daily_feature_refresh],
+        jobs=[jobs.feature_refresh_job, jobs.retrain_job, jobs.monitoring_job],
+        schedules=[jobs.daily_feature_refresh, jobs.monitoring_schedule],
         # Steps are short and the machine small: one process per run beats one per step.
         executor=dg.in_process_executor,
         resources={
@@ -55,6 +68,7 @@ def build_definitions(
             ),
             "model_registry": LocalModelRegistry(bentoml_home=str(layout.bentoml_home)),
             "prediction_log_db": PredictionLogResource(path=str(layout.prediction_log)),
+            "metrics_source": metrics_source(layout),
         },
     )
 

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from pipeline.assets import feature_store, feature_tables, ingestion, packaging, training, validated
+from pipeline.assets import feature_store, feature_tables, ingestion, monitoring, packaging, training, validated
 from pipeline.partitions import daily_partitions
 
 feature_refresh_job = dg.define_asset_job(
@@ -23,4 +23,16 @@ daily_feature_refresh = dg.build_schedule_from_partitioned_job(
     hour_of_day=0,
     minute_of_hour=30,
     description="Refresh yesterday's features shortly after local midnight.",
+)
+
+monitoring_job = dg.define_asset_job(
+    "monitoring_job",
+    selection=dg.AssetSelection.assets(monitoring.model_monitoring),
+    description="Drift and live quality of the served models from the service's counters.",
+)
+
+monitoring_schedule = dg.ScheduleDefinition(
+    job=monitoring_job,
+    cron_schedule="*/15 * * * *",
+    description="Drift and live quality every 15 minutes (turn it on in the UI; the daemon runs it).",
 )

@@ -272,7 +272,11 @@ class ModelRouter:
         reason = self.can_serve(FeatureSpec.read(self.registry.model_dir(tag)))
         if reason is not None:
             raise UnservableModel(f"the service cannot build the inputs of {tag}: {reason}")
-        return self._load(tag)
+        model = self._load(tag)
+        # The figures the registry recorded on its evaluation window: live quality is judged
+        # against them.
+        model.offline_metrics = dict(self.registry.get(tag).info.metadata.get("metrics") or {})
+        return model
 
     def _load(self, tag: str) -> ServingModel:
         """The model of ``tag`` (a subclass may load it otherwise: the benchmark's Keras baseline)."""

@@ -26,7 +26,7 @@ from flight_delay.prediction_log import FeedbackConflict, RecordedFeedback
 from serving.api_models import FeedbackResult, Flight, Prediction
 from serving.log_writer import LogUnavailable, PredictionLogWriter
 from serving.online import OnlineFeatures, model_inputs
-from serving.routing import ModelRouter, Variant
+from serving.routing import ModelRouter, Routing, Variant
 from serving.telemetry import Counts, Telemetry
 
 T = TypeVar("T")
@@ -88,9 +88,19 @@ class Scorer:
         # Separate threads for the two, so that feedback waiting for the log never delays a
         # prediction's store read.
         self.store_calls, self.log_calls = store_calls, log_calls
+        self._routing: Any = None  # the routing the telemetry last saw
         # Request ids: 64 random bits per worker start, then a counter (uuid4 costs a system call).
         self._id_prefix = os.urandom(8).hex()
         self._ids = itertools.count()
+
+    def follow_routing(self) -> Routing:
+        """The router's current routing; when it changed (a promotion, a rollback, a challenger),
+        the telemetry of what it serves first."""
+        routing = self.router.routing
+        if routing is not self._routing:
+            self.telemetry.serving(self._routing, routing)
+            self._routing = routing
+        return routing
 
     async def _read_features(self, flights: list[Flight]) -> Any:
         lookup = self.online.begin(flights, datetime.now(UTC))
@@ -106,7 +116,7 @@ class Scorer:
         return lookup.finish()
 
     async def score(self, flights: list[Flight], endpoint: str) -> list[Prediction]:
-        routing = self.router.routing  # one snapshot for the whole call
+        routing = self.follow_routing()  # one snapshot for the whole call
         if routing.champion is None:
             raise ServiceError(
                 "no champion model is promoted yet; run the pipeline (make demo)", HTTPStatus.SERVICE_UNAVAILABLE
@@ -145,8 +155,11 @@ class Scorer:
             for j, i in enumerate(members):
                 features[i] = {c: col[j] for c, col in inputs.items()}
             unknown = (rows.unknown[i] for i in members)
-            self.telemetry.predictions(variant.tag, variant.name, scores, inputs, variant.model.bins, unknown, counts)
+            self.telemetry.predictions(
+                variant.tag, variant.name, scores, inputs, variant.model.reference, unknown, counts
+            )
         self.telemetry.online_reads(rows.reads, rows.future, counts)
+        self.telemetry.ages(rows.ages, counts)
         self.telemetry.tally.add(counts)
         return [
             self._respond(
@@ -207,7 +220,8 @@ class Scorer:
         loss = -math.log(p) if late else -math.log(1 - p)
         brier = (p - float(late)) ** 2
         if found.first:  # live quality counts each prediction's outcome once
-            self.telemetry.feedback(found.model_version, found.variant, (p >= self.threshold) == late, loss, brier)
+            hit = (p >= self.threshold) == late
+            self.telemetry.feedback(found.model_version, found.variant, found.probability, late, hit, loss, brier)
         return FeedbackResult(
             request_id=found.request_id,
             flight_key=found.flight_key,

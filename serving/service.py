@@ -88,6 +88,7 @@ class FlightDelayService:
         # A model whose inputs the online features cannot build is refused when it is loaded.
         self.router = ModelRouter(self.registry, s.model_name, s.refresh_seconds, can_serve=self.online.can_serve)
         self.telemetry = Telemetry()
+        self.telemetry.views({v.name: v.ttl for v in self.online.views})
         self.log = PredictionLogWriter(
             s.layout.prediction_log,
             s.log_flush_seconds,
@@ -110,7 +111,7 @@ class FlightDelayService:
         """Ready with a champion loaded, the online store answering and the log writer accepting.
         BentoML calls it on a thread, so a slow store delays the probe, not the worker."""
         reasons = []
-        if self.router.routing.champion is None:
+        if self.scorer.follow_routing().champion is None:
             reasons.append(f"no champion loaded ({self.router.last_error or 'none promoted'})")
         try:
             self.online.check()

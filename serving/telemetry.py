@@ -4,14 +4,16 @@ one scrape of ``/metrics`` sums the workers and the monitoring can sum replicas.
 
 from __future__ import annotations
 
+import os
 import threading
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import bentoml
 
-from flight_delay.drift import bin_counts
+from flight_delay.drift import SCORE_EDGES, SCORE_FEATURE, Reference
 
 LATENCY_BUCKETS = (
     0.0002,
@@ -102,6 +104,64 @@ FEEDBACK = _counter(
 # Summaries export `_sum` and `_count`: live mean log loss = rate(_sum) / rate(_count).
 FEEDBACK_LOG_LOSS = _summary("feedback_log_loss", "Log loss of each prediction that received feedback.", *MODEL_LABELS)
 FEEDBACK_BRIER = _summary("feedback_brier", "Squared error of each prediction that received feedback.", *MODEL_LABELS)
+FEEDBACK_PROBABILITY = _summary(
+    "feedback_probability",
+    "Predicted probability of each prediction that received feedback (calibration).",
+    *MODEL_LABELS,
+)
+FEEDBACK_SCORE_BIN = _counter(
+    "feedback_score_bin_total",
+    "Predictions that received feedback, by outcome (late) and score bin (twenty of width 0.05): the live "
+    "ROC AUC and the observed late rate.",
+    *MODEL_LABELS,
+    "late",
+    "bin",
+)
+
+
+def _gauge(name: str, documentation: str, mode: str, *labels: str) -> Any:
+    return bentoml.metrics.Gauge(
+        name=f"flight_delay_{name}", documentation=documentation, labelnames=list(labels), multiprocess_mode=mode
+    )
+
+
+REFERENCE_FRACTION = _gauge(
+    "reference_fraction",
+    "A served model's reference share of each monitoring bin (training window; evaluation window for "
+    "prediction_score): the distribution feature_value_total is compared with for drift.",
+    "max",
+    "feature",
+    "bin",
+    "model_version",
+)
+OFFLINE_LOG_LOSS = _gauge(
+    "model_offline_log_loss", "A served model's log loss on its evaluation window.", "max", "model_version"
+)
+OFFLINE_AUC = _gauge("model_offline_auc", "A served model's ROC AUC on its evaluation window.", "max", "model_version")
+MODEL_SERVING = _gauge(
+    "model_serving", "1 while some worker serves the model as this variant, else 0.", "livemax", *MODEL_LABELS
+)
+CHAMPION_LOADED = _gauge("champion_loaded", "1 when every live worker has a champion loaded (the minimum).", "livemin")
+FEATURE_TTL = _gauge(
+    "feature_ttl_seconds", "Each online view's TTL (0: none): older values are served as missing.", "max", "view"
+)
+FEATURE_AGE_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800)
+FEATURE_AGE = _counter(
+    "feature_age_seconds_le_total",
+    "Online feature values served, by view and by an upper bound of their age at prediction time (cumulative "
+    "buckets, as a histogram's): histogram_quantile reads it.",
+    "view",
+    "le",
+)
+AGE_LABELS = (*(str(b) for b in FEATURE_AGE_BUCKETS), "+Inf")
+_AGE_BIN = object()  # the tally's key for an age's bucket index (see CounterTally.flush)
+WORKER_MEMORY = _gauge("worker_resident_bytes", "Resident memory of each worker process.", "liveall")
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _resident_bytes() -> float:
+    with open("/proc/self/statm") as statm:
+        return float(statm.read().split()[1]) * _PAGE_SIZE
 
 
 TALLY_SECONDS = 1.0  # how often summed counter increments reach Prometheus
@@ -135,8 +195,20 @@ class CounterTally:
     def flush(self) -> None:
         with self._lock:
             counts, self._counts = self._counts, Counter()
+        ages: dict[str, list[int]] = {}
         for (metric, labels), amount in counts.items():
+            if metric is _AGE_BIN:  # a bucket index, made cumulative below
+                view, index = labels
+                ages.setdefault(view, [0] * (len(FEATURE_AGE_BUCKETS) + 1))[index] += amount
+                continue
             metric.labels(*labels).inc(amount)
+        for view, per_bucket in ages.items():
+            running = 0
+            for le, n in zip(AGE_LABELS, per_bucket):
+                running += n
+                if running:
+                    FEATURE_AGE.labels(view, le).inc(running)
+        WORKER_MEMORY.set(_resident_bytes())
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -160,7 +232,7 @@ class Telemetry:
         key = (metric, labels)
         child = self._series.get(key)
         if child is None:
-            child = self._series[key] = metric.labels(*labels)
+            child = self._series[key] = metric.labels(*labels) if labels else metric
         return child
 
     def request(self, endpoint: str, outcome: str, seconds: float | None = None) -> None:
@@ -184,17 +256,17 @@ class Telemetry:
         variant: str,
         scores: Sequence[float],
         inputs: dict[str, Any],
-        bins: dict[str, list[float]],
+        reference: Reference,
         unknown: Iterable[Sequence[str]],
         counts: Counts,
     ) -> None:
         """One variant's share of a call: counters summed into ``counts``, scores observed."""
         counts[(PREDICTIONS, (tag, variant))] += len(scores)
-        for feature, edges in bins.items():
-            values = inputs.get(feature)
+        for feature, binning in reference.binnings.items():
+            values = scores if feature == SCORE_FEATURE else inputs.get(feature)
             if values is None:
                 continue
-            for b, n in bin_counts(edges, values).items():
+            for b, n in binning.count(values).items():
                 counts[(FEATURE_BIN, (feature, b, tag, variant))] += n
         for row in unknown:
             for entity in row:
@@ -203,10 +275,61 @@ class Telemetry:
         for p in scores:
             score.observe(p)
 
-    def feedback(self, tag: str, variant: str, hit: bool, log_loss: float, brier: float) -> None:
+    def ages(self, ages: Iterable[dict[str, float | None]], counts: Counts) -> None:
+        """Each served value's age, into the cumulative buckets of FEATURE_AGE (a missing value and
+        a value from after the prediction time have no age to count)."""
+        for row in ages:
+            for view, age in row.items():
+                if age is not None and age >= 0:
+                    counts[(_AGE_BIN, (view, bisect_left(FEATURE_AGE_BUCKETS, age)))] += 1
+
+    def feedback(
+        self, tag: str, variant: str, probability: float, late: bool, hit: bool, log_loss: float, brier: float
+    ) -> None:
         self.series(FEEDBACK, tag, variant, "hit" if hit else "miss").inc()
         self.series(FEEDBACK_LOG_LOSS, tag, variant).observe(log_loss)
         self.series(FEEDBACK_BRIER, tag, variant).observe(brier)
+        self.series(FEEDBACK_PROBABILITY, tag, variant).observe(probability)
+        score_bin = bisect_right(SCORE_EDGES, probability)
+        self.series(FEEDBACK_SCORE_BIN, tag, variant, "true" if late else "false", str(score_bin)).inc()
+
+    def serving(self, previous: Any, routing: Any) -> None:
+        """A new routing (``serving.routing.Routing``) took over: the gauges of what it serves, and
+        every series of its models at 0, so that PromQL sees empty bins and first failures."""
+        old = (
+            {(v.tag, v.name) for v in (previous.champion, previous.challenger) if v is not None} if previous else set()
+        )
+        new = {(v.tag, v.name): v for v in (routing.champion, routing.challenger) if v is not None}
+        for tag, name in old - set(new):
+            self.series(MODEL_SERVING, tag, name).set(0)
+        for (tag, name), variant in new.items():
+            self.series(MODEL_SERVING, tag, name).set(1)
+            self._create_model_series(tag, name, variant.model)
+        self.series(CHAMPION_LOADED).set(1 if routing.champion is not None else 0)
+
+    def _create_model_series(self, tag: str, variant: str, model: Any) -> None:
+        reference: Reference = model.reference
+        for feature, binning in reference.binnings.items():
+            shares = reference.fractions.get(feature, {})
+            for b in binning.labels:
+                self.series(FEATURE_BIN, feature, b, tag, variant).inc(0)
+                if shares:
+                    self.series(REFERENCE_FRACTION, feature, b, tag).set(shares.get(b, 0.0))
+        for late in ("true", "false"):
+            for b in range(len(SCORE_EDGES) + 1):
+                self.series(FEEDBACK_SCORE_BIN, tag, variant, late, str(b)).inc(0)
+        offline = getattr(model, "offline_metrics", None) or {}
+        if "log_loss" in offline:
+            self.series(OFFLINE_LOG_LOSS, tag).set(offline["log_loss"])
+        if "auc" in offline:
+            self.series(OFFLINE_AUC, tag).set(offline["auc"])
+
+    def views(self, ttl: dict[str, float]) -> None:
+        """The online views' TTLs, and their age buckets at 0."""
+        for view, seconds in ttl.items():
+            self.series(FEATURE_TTL, view).set(seconds)
+            for le in AGE_LABELS:
+                self.series(FEATURE_AGE, view, le).inc(0)
 
     def close(self) -> None:
         self.tally.close()

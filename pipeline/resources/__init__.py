@@ -2,6 +2,7 @@
 
 from pipeline.resources.feature_store import FeatureStoreResource
 from pipeline.resources.flight_source import FlightDataSource, NycFlights13Source
+from pipeline.resources.metrics import MetricsSource, PrometheusMetrics, ServiceMetrics
 from pipeline.resources.model_registry import LocalModelRegistry, ModelRegistryResource
 from pipeline.resources.prediction_log import PredictionLogResource
 from pipeline.resources.tables import LocalTableStore, ParquetIOManager, TableStore
@@ -11,9 +12,12 @@ __all__ = [
     "FlightDataSource",
     "LocalModelRegistry",
     "LocalTableStore",
+    "MetricsSource",
     "ModelRegistryResource",
     "NycFlights13Source",
     "ParquetIOManager",
     "PredictionLogResource",
+    "PrometheusMetrics",
+    "ServiceMetrics",
     "TableStore",
 ]

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.harness import metric_total, parse_metrics
+from flight_delay.monitoring import metric_total, parse_metrics
 from serving.telemetry import TALLY_SECONDS
 
 

@@ -18,11 +18,10 @@ from bench.harness import (
     free_port,
     histogram_delta,
     http_get,
-    metric_total,
-    parse_metrics,
     still_running,
 )
 from bench.phases import FixedResponseServer, Run, measure
+from flight_delay.monitoring import metric_total, parse_metrics
 
 EXPOSITION = """\
 # HELP flight_delay_requests_total Requests.
