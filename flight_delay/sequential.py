@@ -10,7 +10,7 @@ Ann. Statist. 49(2), Theorem 4. For values ``x_i`` in [0, 1] with conditional me
     lower_t = (sum lambda_i x_i - log(1/alpha) - sum v_i psi(lambda_i)) / sum lambda_i
     upper_t = (sum lambda_i x_i + log(1/alpha) + sum v_i psi(lambda_i)) / sum lambda_i
     v_i = 4 (x_i - mu_{i-1})^2,  psi(l) = (-log(1 - l) - l) / 4,
-    lambda_t = min(sqrt(2 log(1/alpha) / (var_{t-1} t log(1 + t))), 1/2),
+    lambda_t = min(sqrt(2 log(1/alpha) / (var_{t-1} t log(1 + t))), 3/4),
     mu_t = (1/2 + sum_{i<=t} x_i) / (t + 1),  var_t = (1/4 + sum_{i<=t} (x_i - mu_i)^2) / (t + 1).
 
 Guarantee: P(exists t: m < lower_t) <= alpha and P(exists t: m > upper_t) <= alpha, at every
@@ -50,7 +50,7 @@ import numpy as np
 P_CLIP = 1e-4
 LOSS_MIN = -math.log1p(-P_CLIP)  # loss of a confident right answer, p = 1 - P_CLIP
 LOSS_MAX = -math.log(P_CLIP)  # loss of a confident wrong answer, p = P_CLIP
-BET_CAP = 0.5  # Waudby-Smith & Ramdas suggest 1/2 or 3/4; lambda must stay below 1
+BET_CAP = 0.75  # Waudby-Smith & Ramdas suggest 1/2 or 3/4; lambda must stay below 1
 ACTIONS = ("continue", "promote", "retire")
 CONTINUE, PROMOTE, RETIRE = 0, 1, 2
 Mode = Literal["paired", "split"]
@@ -201,6 +201,17 @@ def _stream_bounds(p: _Paths, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(lower, 0.0, 1.0), np.clip(upper, 0.0, 1.0)
 
 
+def _intersected(
+    lower: np.ndarray, upper: np.ndarray, best_lower: float = 0.0, best_upper: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Running intersection of the bounds along the last axis: the guarantee holds at every time
+    at once, so the tightest bound so far holds too (and decisions never flip back)."""
+    return (
+        np.maximum.accumulate(np.maximum(lower, best_lower), axis=-1),
+        np.minimum.accumulate(np.minimum(upper, best_upper), axis=-1),
+    )
+
+
 def _checked(losses: Any, name: str) -> np.ndarray:
     values = np.asarray(losses, dtype="float64")
     if values.size and not (
@@ -221,15 +232,9 @@ def _update_stream(s: StreamState, values: np.ndarray) -> StreamState:
     if values.size == 0:
         return s
     p = _advance(_scaled(values, s), s.alpha, s)
-    lower, upper = _stream_bounds(p, s.alpha)
+    lower, upper = _intersected(*_stream_bounds(p, s.alpha), s.best_lower, s.best_upper)
     last = {field: float(getattr(p, field)[-1]) for field in ("total", "squares", "bets", "weighted", "penalty")}
-    return replace(
-        s,
-        n=int(p.n[-1]),
-        best_lower=max(s.best_lower, float(lower.max())),
-        best_upper=min(s.best_upper, float(upper.min())),
-        **last,
-    )
+    return replace(s, n=int(p.n[-1]), best_lower=float(lower[-1]), best_upper=float(upper[-1]), **last)
 
 
 def update(state: SequentialState, champion_losses: Any, challenger_losses: Any) -> SequentialState:
@@ -309,7 +314,8 @@ def bound_paths(
     bounds = []
     for s, values in zip(state.streams, sources):
         lower, upper = _stream_bounds(_advance(_scaled(values, s), s.alpha), s.alpha)
-        bounds.append((_raw(np.maximum.accumulate(lower, axis=-1), s), _raw(np.minimum.accumulate(upper, axis=-1), s)))
+        lower, upper = _intersected(lower, upper)
+        bounds.append((_raw(lower, s), _raw(upper, s)))
     n = np.broadcast_to(np.arange(1, champion.shape[-1] + 1), champion.shape)
     if mode == "paired":
         return n, *bounds[0]
