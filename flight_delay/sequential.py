@@ -17,19 +17,22 @@ Guarantee: P(exists t: m < lower_t) <= alpha and P(exists t: m > upper_t) <= alp
 sample size at once, whatever the stopping rule, for any distribution on [0, 1] (no normality, no
 variance assumption: the width adapts to the observed variance). Each bound is a one-sided
 (1 - alpha) sequence, so [lower, upper] is a (1 - 2 alpha) two-sided one; running intersections
-keep the same guarantee.
+keep the same guarantee. If the mean drifts with the traffic, the bounds hold for the bet-weighted
+average of the flights' conditional means, so a promotion means better on the traffic seen.
 
 The bound comes from the clip: :func:`log_loss` clips p to [P_CLIP, 1 - P_CLIP], so a per-flight
 loss lies in [LOSS_MIN, LOSS_MAX] (about [1e-4, 9.21]). Values are rescaled to [0, 1] by that
-range before the sequence is built, and the bounds mapped back; the range enters only through the
-cap on lambda (a term of order range * log(1/alpha) / t), not through the variance term.
+range before the sequence is built, and the bounds mapped back. The range enters through the cap
+on lambda: while the cap binds, the width has a term range * log(1/alpha) / (3/4 t); once the
+variance-tuned bet falls below the cap, the width follows the observed standard deviation instead.
 
 - Paired (shadow) mode: both models scored the same flight; ``d_i = loss(champion_i) -
   loss(challenger_i)`` lies in [-(LOSS_MAX - LOSS_MIN), LOSS_MAX - LOSS_MIN]; one sequence at alpha
   on the mean of ``d``.
-- Split mode: each arm's flights are different; one sequence per arm's mean loss at alpha/2, and
-  a union bound: champion_lower - challenger_upper <= mean difference <= champion_upper -
-  challenger_lower, each side holding at every time with probability >= 1 - alpha.
+- Split mode: each arm's flights are different (routed independently of their outcomes); one
+  sequence per arm's mean loss at alpha/2, and a union bound: champion_lower - challenger_upper
+  <= mean difference <= champion_upper - challenger_lower, each side holding at every time with
+  probability >= 1 - alpha.
 
 Decisions (:func:`decide`): promote when the lower bound of the mean difference exceeds
 ``margin`` (false promotion of a challenger that is not better by more than ``margin``: at most
@@ -139,7 +142,8 @@ class SequentialState:
 @dataclass(frozen=True)
 class Decision:
     """``mean_difference``, ``lower`` and ``upper``: champion minus challenger mean log loss (positive:
-    the challenger is better) and its confidence sequence after ``n`` labelled flights."""
+    the challenger is better) and its confidence sequence after ``n`` labelled flights (split mode:
+    the smaller arm's count, which ``min_samples`` and ``max_samples`` apply to)."""
 
     action: Literal["promote", "retire", "continue"]
     reason: str
