@@ -1,0 +1,327 @@
+"""The challenger's sequential test: may a retrained model replace the champion, judged on live
+traffic and checked after every batch of labelled feedback?
+
+Method: the predictable plug-in empirical-Bernstein confidence sequence (PrPl-EB) of
+Waudby-Smith & Ramdas (2023), "Estimating means of bounded random variables by betting", JRSS-B
+86(1), Theorem 2 and eq. (26), built on the sub-exponential supermartingale of Howard, Ramdas,
+McAuliffe & Sekhon (2021), "Time-uniform, nonparametric, nonasymptotic confidence sequences",
+Ann. Statist. 49(2), Theorem 4. For values ``x_i`` in [0, 1] with conditional mean ``m``::
+
+    lower_t = (sum lambda_i x_i - log(1/alpha) - sum v_i psi(lambda_i)) / sum lambda_i
+    upper_t = (sum lambda_i x_i + log(1/alpha) + sum v_i psi(lambda_i)) / sum lambda_i
+    v_i = 4 (x_i - mu_{i-1})^2,  psi(l) = (-log(1 - l) - l) / 4,
+    lambda_t = min(sqrt(2 log(1/alpha) / (var_{t-1} t log(1 + t))), 3/4),
+    mu_t = (1/2 + sum_{i<=t} x_i) / (t + 1),  var_t = (1/4 + sum_{i<=t} (x_i - mu_i)^2) / (t + 1).
+
+Guarantee: P(exists t: m < lower_t) <= alpha and P(exists t: m > upper_t) <= alpha, at every
+sample size at once, whatever the stopping rule, for any distribution on [0, 1] (no normality, no
+variance assumption: the width adapts to the observed variance). Each bound is a one-sided
+(1 - alpha) sequence, so [lower, upper] is a (1 - 2 alpha) two-sided one; running intersections
+keep the same guarantee. If the mean drifts with the traffic, the bounds hold for the bet-weighted
+average of the flights' conditional means, so a promotion means better on the traffic seen.
+
+The bound comes from the clip: :func:`log_loss` clips p to [P_CLIP, 1 - P_CLIP], so a per-flight
+loss lies in [LOSS_MIN, LOSS_MAX] (about [1e-4, 9.21]). Values are rescaled to [0, 1] by that
+range before the sequence is built, and the bounds mapped back. The range enters through the cap
+on lambda: while the cap binds, the width has a term range * log(1/alpha) / (3/4 t); once the
+variance-tuned bet falls below the cap, the width follows the observed standard deviation instead.
+
+- Paired (shadow) mode: both models scored the same flight; ``d_i = loss(champion_i) -
+  loss(challenger_i)`` lies in [-(LOSS_MAX - LOSS_MIN), LOSS_MAX - LOSS_MIN]; one sequence at alpha
+  on the mean of ``d``.
+- Split mode: each arm's flights are different (routed independently of their outcomes); one
+  sequence per arm's mean loss at alpha/2, and a union bound: champion_lower - challenger_upper
+  <= mean difference <= champion_upper - challenger_lower, each side holding at every time with
+  probability >= 1 - alpha.
+
+Decisions (:func:`decide`): promote when the lower bound of the mean difference exceeds
+``margin`` (false promotion of a challenger that is not better by more than ``margin``: at most
+alpha); retire early (futility) when the upper bound is at most ``margin`` (wrongful retirement of
+a challenger that is better by more than ``margin``: at most alpha); retire at ``max_samples``
+when neither has happened; no decision before ``min_samples``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+
+P_CLIP = 1e-4
+LOSS_MIN = -math.log1p(-P_CLIP)  # loss of a confident right answer, p = 1 - P_CLIP
+LOSS_MAX = -math.log(P_CLIP)  # loss of a confident wrong answer, p = P_CLIP
+BET_CAP = 0.75  # Waudby-Smith & Ramdas suggest 1/2 or 3/4; lambda must stay below 1
+ACTIONS = ("continue", "promote", "retire")
+CONTINUE, PROMOTE, RETIRE = 0, 1, 2
+Mode = Literal["paired", "split"]
+# Values may come back from JSON or another process a rounding error outside the clip's range.
+_TOLERANCE = 1e-9
+
+
+def log_loss(p: Any, y: Any) -> np.ndarray:
+    """Per-flight log loss of probability ``p`` for outcome ``y`` (1 late, 0 on time), with ``p``
+    clipped to [P_CLIP, 1 - P_CLIP] so every loss lies in [LOSS_MIN, LOSS_MAX], the bound the
+    sequential test relies on. Callers compute both models' losses with it."""
+    p = np.clip(np.asarray(p, dtype="float64"), P_CLIP, 1.0 - P_CLIP)
+    y = np.asarray(y)
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"expected outcomes 0 or 1, got {np.unique(y)[:5].tolist()}")
+    return -np.where(y == 1, np.log(p), np.log1p(-p))
+
+
+@dataclass(frozen=True)
+class SequentialTestConfig:
+    """When a challenger's live record settles its fate. ``margin``: the challenger must beat the
+    champion's mean log loss by more than this to be promoted; ``min_samples``: no decision before
+    this many labelled flights (per arm in split mode); ``max_samples``: retire, not proven
+    better, at this many; ``futility``: retire early once it is shown not better by ``margin``."""
+
+    alpha: float = 0.05
+    margin: float = 0.0
+    min_samples: int = 200
+    max_samples: int = 20_000
+    futility: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha < 0.5:
+            raise ValueError(f"alpha must lie in (0, 0.5), got {self.alpha}")
+        if not 0 <= self.min_samples <= self.max_samples:
+            raise ValueError(f"expected 0 <= min_samples <= max_samples, got {self.min_samples}, {self.max_samples}")
+        if not -(LOSS_MAX - LOSS_MIN) < self.margin < LOSS_MAX - LOSS_MIN:
+            raise ValueError(f"margin {self.margin} lies outside the range of a log-loss difference")
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """Running statistics of one confidence sequence on values in [``low``, ``high``], rescaled
+    to [0, 1]: ``total`` and ``squares`` give the plug-in mean and variance, ``bets``,
+    ``weighted`` and ``penalty`` the sums of lambda, lambda x and v psi(lambda); ``best_lower`` and
+    ``best_upper`` the running intersection (in [0, 1])."""
+
+    low: float
+    high: float
+    alpha: float
+    n: int = 0
+    total: float = 0.0
+    squares: float = 0.0
+    bets: float = 0.0
+    weighted: float = 0.0
+    penalty: float = 0.0
+    best_lower: float = 0.0
+    best_upper: float = 1.0
+
+
+@dataclass(frozen=True)
+class SequentialState:
+    """Everything the test needs between batches; JSON round-trips exactly (a sensor keeps it in
+    its cursor or in the registry). ``streams``: one (paired) or champion then challenger
+    (split)."""
+
+    mode: Mode
+    alpha: float
+    streams: tuple[StreamState, ...]
+
+    def to_json(self) -> str:
+        return json.dumps({"method": "prpl-eb", **asdict(self)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> SequentialState:
+        raw = json.loads(text)
+        if raw.pop("method", None) != "prpl-eb":
+            raise ValueError("expected a state written by SequentialState.to_json (method prpl-eb)")
+        state = cls(raw["mode"], raw["alpha"], tuple(StreamState(**s) for s in raw["streams"]))
+        expected = start(SequentialTestConfig(alpha=state.alpha), state.mode)
+        if [(s.low, s.high, s.alpha) for s in state.streams] != [(s.low, s.high, s.alpha) for s in expected.streams]:
+            raise ValueError(f"state's streams do not match a {state.mode} test at alpha {state.alpha}")
+        return state
+
+
+@dataclass(frozen=True)
+class Decision:
+    """``mean_difference``, ``lower`` and ``upper``: champion minus challenger mean log loss (positive:
+    the challenger is better) and its confidence sequence after ``n`` labelled flights (split mode:
+    the smaller arm's count, which ``min_samples`` and ``max_samples`` apply to)."""
+
+    action: Literal["promote", "retire", "continue"]
+    reason: str
+    n: int
+    mean_difference: float
+    lower: float
+    upper: float
+
+
+def start(config: SequentialTestConfig, mode: Mode = "paired") -> SequentialState:
+    """A test with no observations yet."""
+    width = LOSS_MAX - LOSS_MIN
+    if mode == "paired":
+        streams = (StreamState(-width, width, config.alpha),)
+    elif mode == "split":
+        streams = (StreamState(LOSS_MIN, LOSS_MAX, config.alpha / 2),) * 2
+    else:
+        raise ValueError(f"expected mode 'paired' or 'split', got {mode!r}")
+    return SequentialState(mode, config.alpha, streams)
+
+
+class _Paths(NamedTuple):
+    """Cumulative statistics after each value (last axis)."""
+
+    n: np.ndarray
+    total: np.ndarray
+    squares: np.ndarray
+    bets: np.ndarray
+    weighted: np.ndarray
+    penalty: np.ndarray
+
+
+def _advance(x: np.ndarray, alpha: float, origin: StreamState | None = None) -> _Paths:
+    """PrPl-EB statistics after each of ``x``'s values (in [0, 1], last axis), from ``origin``.
+    lambda_t and mu_{t-1} use only values before t (predictable), which is what makes the
+    sequence valid; cumulative sums make it one pass of numpy per batch."""
+    s = origin or StreamState(0.0, 1.0, alpha)
+    t = s.n + np.arange(1, x.shape[-1] + 1)
+    total = s.total + np.cumsum(x, axis=-1)
+    mean = (0.5 + total) / (t + 1)
+    squares = s.squares + np.cumsum((x - mean) ** 2, axis=-1)
+    prior_mean = np.concatenate([np.full(x.shape[:-1] + (1,), (0.5 + s.total) / (s.n + 1)), mean[..., :-1]], axis=-1)
+    prior_var = (0.25 + np.concatenate([np.full(x.shape[:-1] + (1,), s.squares), squares[..., :-1]], axis=-1)) / t
+    log_term = math.log(1 / alpha)
+    bet = np.minimum(np.sqrt(2 * log_term / (prior_var * t * np.log1p(t))), BET_CAP)
+    psi = (-np.log1p(-bet) - bet) / 4
+    bets = s.bets + np.cumsum(bet, axis=-1)
+    weighted = s.weighted + np.cumsum(bet * x, axis=-1)
+    penalty = s.penalty + np.cumsum(4 * (x - prior_mean) ** 2 * psi, axis=-1)
+    return _Paths(np.broadcast_to(t, x.shape), total, squares, bets, weighted, penalty)
+
+
+def _stream_bounds(p: _Paths, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """The time-uniform lower and upper bounds (in [0, 1]) of the mean, each at level alpha."""
+    slack = math.log(1 / alpha) + p.penalty
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lower = np.where(p.n > 0, (p.weighted - slack) / p.bets, 0.0)
+        upper = np.where(p.n > 0, (p.weighted + slack) / p.bets, 1.0)
+    return np.clip(lower, 0.0, 1.0), np.clip(upper, 0.0, 1.0)
+
+
+def _intersected(
+    lower: np.ndarray, upper: np.ndarray, best_lower: float = 0.0, best_upper: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Running intersection of the bounds along the last axis: the guarantee holds at every time
+    at once, so the tightest bound so far holds too (and decisions never flip back)."""
+    return (
+        np.maximum.accumulate(np.maximum(lower, best_lower), axis=-1),
+        np.minimum.accumulate(np.minimum(upper, best_upper), axis=-1),
+    )
+
+
+def _checked(losses: Any, name: str) -> np.ndarray:
+    values = np.asarray(losses, dtype="float64")
+    if values.size and not (
+        np.isfinite(values).all() and values.min() >= LOSS_MIN - _TOLERANCE and values.max() <= LOSS_MAX + _TOLERANCE
+    ):
+        raise ValueError(
+            f"expected {name} per-flight log losses from sequential.log_loss, within [{LOSS_MIN:.6g}, "
+            f"{LOSS_MAX:.6g}]; got values from {np.nanmin(values):.6g} to {np.nanmax(values):.6g}"
+        )
+    return np.clip(values, LOSS_MIN, LOSS_MAX)
+
+
+def _scaled(values: np.ndarray, s: StreamState) -> np.ndarray:
+    return (values - s.low) / (s.high - s.low)
+
+
+def _update_stream(s: StreamState, values: np.ndarray) -> StreamState:
+    if values.size == 0:
+        return s
+    p = _advance(_scaled(values, s), s.alpha, s)
+    lower, upper = _intersected(*_stream_bounds(p, s.alpha), s.best_lower, s.best_upper)
+    last = {field: float(getattr(p, field)[-1]) for field in ("total", "squares", "bets", "weighted", "penalty")}
+    return replace(s, n=int(p.n[-1]), best_lower=float(lower[-1]), best_upper=float(upper[-1]), **last)
+
+
+def update(state: SequentialState, champion_losses: Any, challenger_losses: Any) -> SequentialState:
+    """The state after a batch of labelled flights, in arrival order. Paired mode: the two models'
+    losses on the same flights, position by position. Split mode: each arm's losses on its own
+    flights (the counts may differ). One batch or many smaller ones give the same state."""
+    champion = _checked(champion_losses, "champion").ravel()
+    challenger = _checked(challenger_losses, "challenger").ravel()
+    if state.mode == "paired":
+        if champion.shape != challenger.shape:
+            raise ValueError(
+                f"paired mode expects one champion and one challenger loss per flight, got {champion.size} "
+                f"and {challenger.size}"
+            )
+        return replace(state, streams=(_update_stream(state.streams[0], champion - challenger),))
+    arms = zip(state.streams, (champion, challenger))
+    return replace(state, streams=tuple(_update_stream(s, values) for s, values in arms))
+
+
+def _raw(bound: Any, s: StreamState) -> Any:
+    return s.low + (s.high - s.low) * bound
+
+
+def action_codes(n: Any, lower: Any, upper: Any, config: SequentialTestConfig) -> np.ndarray:
+    """:data:`CONTINUE`, :data:`PROMOTE` or :data:`RETIRE` for each (n, lower, upper) of the mean
+    difference: the rule :func:`decide` applies, on arrays (the simulations use it on whole paths)."""
+    n, lower, upper = np.asarray(n), np.asarray(lower), np.asarray(upper)
+    futile = (upper <= config.margin) if config.futility else np.zeros(upper.shape, dtype=bool)
+    code = np.where(lower > config.margin, PROMOTE, np.where(futile | (n >= config.max_samples), RETIRE, CONTINUE))
+    return np.where(n < config.min_samples, CONTINUE, code)
+
+
+def decide(state: SequentialState, config: SequentialTestConfig) -> Decision:
+    """Promote, retire or continue, from the running confidence sequence of the mean log-loss
+    difference (champion minus challenger); valid however often it is called."""
+    if state.alpha != config.alpha:
+        raise ValueError(f"the state was built for alpha {state.alpha}, the config asks for {config.alpha}")
+    if state.mode == "paired":
+        (s,) = state.streams
+        n = s.n
+        mean = _raw(s.total / s.n, s) if s.n else 0.0
+        lower, upper = _raw(s.best_lower, s), _raw(s.best_upper, s)
+        counts = f"{n} paired flights"
+    else:
+        c, h = state.streams
+        n = min(c.n, h.n)
+        mean = _raw(c.total / c.n, c) - _raw(h.total / h.n, h) if n else 0.0
+        lower = _raw(c.best_lower, c) - _raw(h.best_upper, h)
+        upper = _raw(c.best_upper, c) - _raw(h.best_lower, h)
+        counts = f"{c.n} champion and {h.n} challenger flights"
+    code = int(action_codes(n, lower, upper, config))
+    bounds = f"mean log-loss gain {mean:+.4f}, always-valid bounds [{lower:+.4f}, {upper:+.4f}] after {counts}"
+    if n < config.min_samples:
+        reason = f"waiting for {config.min_samples} labelled flights; {bounds}"
+    elif code == PROMOTE:
+        reason = f"challenger better by more than {config.margin} (lower bound above it); {bounds}"
+    elif code == RETIRE and config.futility and upper <= config.margin:
+        reason = f"challenger shown not better by more than {config.margin} (upper bound at or below it); {bounds}"
+    elif code == RETIRE:
+        reason = f"not proven better within {config.max_samples} labelled flights; {bounds}"
+    else:
+        reason = f"undecided; {bounds}"
+    return Decision(ACTIONS[code], reason, n, float(mean), float(lower), float(upper))
+
+
+def bound_paths(
+    champion_losses: Any, challenger_losses: Any, alpha: float, mode: Mode = "paired"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(n, lower, upper)`` of the mean difference after every observation (last axis), from a
+    fresh start, for many runs at once (leading axes); split mode takes one flight per arm per
+    step. The same statistics as :func:`update`, for simulations."""
+    state = start(SequentialTestConfig(alpha=alpha), mode)
+    champion, challenger = _checked(champion_losses, "champion"), _checked(challenger_losses, "challenger")
+    if champion.shape != challenger.shape:
+        raise ValueError(f"expected arrays of one shape, got {champion.shape} and {challenger.shape}")
+    sources = [champion - challenger] if mode == "paired" else [champion, challenger]
+    bounds = []
+    for s, values in zip(state.streams, sources):
+        lower, upper = _stream_bounds(_advance(_scaled(values, s), s.alpha), s.alpha)
+        lower, upper = _intersected(lower, upper)
+        bounds.append((_raw(lower, s), _raw(upper, s)))
+    n = np.broadcast_to(np.arange(1, champion.shape[-1] + 1), champion.shape)
+    if mode == "paired":
+        return n, *bounds[0]
+    (c_low, c_high), (h_low, h_high) = bounds
+    return n, c_low - h_high, c_high - h_low
