@@ -102,3 +102,16 @@ def test_the_prometheus_config_scrapes_the_job_the_alerts_read():
     assert jobs[rules.SERVICE_JOB]["static_configs"][0]["targets"] == ["127.0.0.1:3000"]
     assert config["rule_files"] == ["rules/recording.yml", "rules/alerts.yml"]
     assert Path(PROMETHEUS_DIR / config["rule_files"][0]).resolve() == rules.RECORDING_FILE
+
+
+def test_the_config_make_monitor_writes_passes_promtool(tmp_path: Path):
+    from deploy.prometheus import monitor
+
+    path = monitor.write_prometheus_config(tmp_path, targets=["127.0.0.1:3000", "127.0.0.1:3001"])
+    output = run(tool("promtool"), "check", "config", path)
+    assert f"SUCCESS: {len(rules.outputs())} rule files found" in output and "WARNING" not in output, output
+    config = yaml.safe_load(path.read_text())
+    service = next(c for c in config["scrape_configs"] if c["job_name"] == rules.SERVICE_JOB)
+    assert service["static_configs"] == [{"targets": ["127.0.0.1:3000", "127.0.0.1:3001"]}]
+    assert config["rule_files"] == [str(rules.RECORDING_FILE), str(rules.ALERTS_FILE)]
+    assert monitor.ALERTMANAGER_ADDRESS in str(config["alerting"])
