@@ -14,7 +14,7 @@ DAGSTER := $(UV) run --frozen dagster
 # Alertmanager with amtool (the rules, alerts and dashboards' queries).
 SYSTEM_PACKAGES := chromium redis-server openssl prometheus prometheus-alertmanager
 
-.PHONY: help setup system-deps demo evaluate materialize lint test ui serve bench bench-interference rollback clean
+.PHONY: help setup system-deps demo evaluate materialize lint test ui serve bench bench-interference rollback monitor clean
 
 help:
 	@echo "make demo      set up, then materialize the whole graph on January-March 2013"
@@ -23,6 +23,7 @@ help:
 	@echo "make ui        the Dagster UI on http://127.0.0.1:3030"
 	@echo "make serve     the prediction service on http://127.0.0.1:3000 (after make demo)"
 	@echo "make bench     latency and throughput of the service, beside its floor and a naive baseline"
+	@echo "make monitor   Prometheus (http://127.0.0.1:19090) and Alertmanager (:19093) watching make serve"
 
 setup:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet 'uv>=0.5'
@@ -80,6 +81,11 @@ bench-interference: setup
 # Restore the previous champion; the running service switches within a second.
 rollback: setup
 	$(UV) run --frozen python -m flight_delay.registry rollback --reason "$${REASON:-manual rollback}"
+
+# Prometheus on 127.0.0.1:19090 and Alertmanager on 127.0.0.1:19093 with deploy/prometheus/'s
+# config, scraping `make serve` (TARGETS=host:port,host:port for replicas); Ctrl-C stops both.
+monitor: setup system-deps
+	$(UV) run --frozen python -m deploy.prometheus.monitor $(if $(TARGETS),--targets $(TARGETS))
 
 clean:
 	rm -rf data .dagster_home
