@@ -318,6 +318,12 @@ class Telemetry:
         for late in ("true", "false"):
             for b in range(len(SCORE_EDGES) + 1):
                 self.series(FEEDBACK_SCORE_BIN, tag, variant, late, str(b)).inc(0)
+        # Feedback series exist from the load, at 0: increase() over a window misses a series' first
+        # sample, so one created at its first feedback would lose that feedback from every rate.
+        for outcome in ("hit", "miss"):
+            self.series(FEEDBACK, tag, variant, outcome).inc(0)
+        for summary in (FEEDBACK_LOG_LOSS, FEEDBACK_BRIER, FEEDBACK_PROBABILITY):
+            self.series(summary, tag, variant)
         offline = getattr(model, "offline_metrics", None) or {}
         if "log_loss" in offline:
             self.series(OFFLINE_LOG_LOSS, tag).set(offline["log_loss"])

@@ -4,6 +4,7 @@ server's /metrics."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -12,7 +13,7 @@ import pytest
 from flight_delay.drift import MISSING, OTHER, SCORE_FEATURE
 from pipeline.definitions import build_definitions
 from pipeline.resources import ServiceMetrics
-from tests.support.deployments import FlightRequest
+from tests.support.deployments import Deployment, FlightRequest
 from tests.support.metrics import metric, metric_samples, quiet_metrics
 from tests.support.servers import ServiceProcess
 
@@ -78,3 +79,26 @@ def test_the_monitoring_asset_reads_drift_and_quality_from_the_service(
     assert again.success
     history2 = pd.read_parquet(deployment.data_dir / "lake" / "model_monitoring" / "model_monitoring.parquet")
     assert len(history2) == len(history)
+
+
+def test_feedback_series_exist_from_the_models_load(serve: Any, serving_deployment: Deployment):
+    """increase() misses a series' first sample: each feedback series of a served model is exported
+    at 0 from its load (a server that has had no feedback), so that the first feedback counts in
+    every rate."""
+    (server,) = serve(("no-feedback", serving_deployment, {}))
+    try:
+        with server.client() as client:
+            text = quiet_metrics(client)
+    finally:
+        server.stop()
+    champion = serving_deployment.champion
+    for name in (
+        "flight_delay_feedback_log_loss_count",
+        "flight_delay_feedback_brier_count",
+        "flight_delay_feedback_probability_count",
+    ):
+        samples = [s for s in metric_samples(text, name) if s.get("model_version") == champion]
+        assert samples, f"{name} is not exported for {champion} before any feedback"
+        assert metric(text, name, model_version=champion) == 0
+    outcomes = {s["outcome"] for s in metric_samples(text, "flight_delay_feedback_total")}
+    assert outcomes == {"hit", "miss"}
