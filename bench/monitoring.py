@@ -31,13 +31,14 @@ from flight_delay.paths import PROJECT_ROOT, DataLayout, data_dir
 
 SERVICE = "serving.service:FlightDelayService"
 RULES_DIR = PROJECT_ROOT / "deploy" / "prometheus" / "rules"
-# Until deploy/prometheus/rules/ is merged in: the tests' copy of the drift and live-quality rules.
-FIXTURE_RULES = PROJECT_ROOT / "tests" / "support" / "recording_rules_fixture.yml"
 LATE_MINUTES = 15
 
 
 def rule_files() -> list[Path]:
-    return sorted(RULES_DIR.glob("*.yml")) if RULES_DIR.is_dir() else [FIXTURE_RULES]
+    files = sorted(RULES_DIR.glob("*.yml"))
+    if not files:
+        raise FileNotFoundError(f"no Prometheus rules in {RULES_DIR}")
+    return files
 
 
 def outcomes() -> dict[tuple[str, int, str], float]:

@@ -31,8 +31,6 @@ from tests.support.deployments import Deployment, FlightRequest, clone_deploymen
 from tests.support.prometheus import RULES_DIR, Prometheus
 from tests.support.servers import ServiceProcess
 
-# Until deploy/prometheus/rules/ is merged in, a copy of the recording rules the panels read.
-FIXTURE_RULES = Path(__file__).resolve().parents[1] / "support" / "recording_rules_fixture.yml"
 # Grafana's built-in intervals, as a one-minute range: the traffic fills the last minute.
 BUILT_INS = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1m"}
 LOG_BUSY_SECONDS = 7.0  # over the log writer's busy timeout (5 s): a write fails with SQLITE_BUSY
@@ -40,12 +38,10 @@ LABEL_VALUES = re.compile(r"^label_values\((?P<metric>[^,]+),\s*(?P<label>\w+)\)
 
 
 def rule_files() -> list[Path]:
-    """The project's rules once deploy/prometheus/rules/ exists, else the fixture's copy."""
-    if RULES_DIR.is_dir():
-        files = sorted(RULES_DIR.glob("*.yml"))
-        assert files, f"{RULES_DIR} has no rules"
-        return files
-    return [FIXTURE_RULES]
+    """The project's rules (deploy/prometheus/rules/), which the dashboards' drift and quality panels read."""
+    files = sorted(RULES_DIR.glob("*.yml"))
+    assert files, f"{RULES_DIR} has no rules"
+    return files
 
 
 def api(prometheus: Prometheus, path: str, **params: Any) -> Any:
