@@ -46,6 +46,8 @@ def spill(path: Path, rows: LogRows, now: float) -> Path:
 
 
 _ROW_WIDTH = {"predictions": len(PREDICTION_FIELDS), "feedback": len(FEEDBACK_FIELDS)}
+# A prediction spilled before the shadow's two columns existed: replayed with them missing.
+_BEFORE_SHADOW = len(PREDICTION_FIELDS) - 2
 
 
 def read_spill(file: Path) -> LogRows:
@@ -54,6 +56,8 @@ def read_spill(file: Path) -> LogRows:
         try:
             record = orjson.loads(line)
             table, row = record["table"], record["row"]
+            if table == "predictions" and len(row) == _BEFORE_SHADOW:
+                row = [*row, None, None]
             if len(row) != _ROW_WIDTH[table]:
                 raise ValueError(f"{len(row)} fields")
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:

@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # ``prediction_time`` (the request's data time, unix seconds; missing in rows logged before it
-# existed or without one) came after the first logs were written: ``open_for_writing`` adds it.
+# existed or without one) and the shadow challenger's figure (``shadow_model_version``,
+# ``shadow_probability``: missing without a shadow, or when it failed) came after the first logs
+# were written: ``open_for_writing`` adds them.
 _TABLES = """
 CREATE TABLE IF NOT EXISTS predictions (
     request_id TEXT PRIMARY KEY,
@@ -39,7 +41,9 @@ CREATE TABLE IF NOT EXISTS predictions (
     variant TEXT NOT NULL,
     probability REAL NOT NULL,
     features TEXT NOT NULL,
-    prediction_time REAL
+    prediction_time REAL,
+    shadow_model_version TEXT,
+    shadow_probability REAL
 );
 CREATE TABLE IF NOT EXISTS feedback (
     request_id TEXT NOT NULL,
@@ -95,14 +99,24 @@ def _missing_indexes(conn: sqlite3.Connection) -> list[str]:
     return [name for name in _INDEXES if name not in have]
 
 
+# Columns added to ``predictions`` since the first logs, in order, with their types.
+_ADDED_COLUMNS = {"prediction_time": "REAL", "shadow_model_version": "TEXT", "shadow_probability": "REAL"}
+
+
+def _missing_columns(conn: sqlite3.Connection) -> list[str]:
+    have = _columns(conn, "predictions")
+    return [name for name in _ADDED_COLUMNS if name not in have]
+
+
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     """Bring a log written by an earlier version to the current tables, in place and in one
-    transaction: ``prediction_time`` added, the indexes created, one outcome per prediction."""
-    if "prediction_time" in _columns(conn, "predictions") and not _missing_indexes(conn):
+    transaction: the added columns (``prediction_time``, the shadow's), the indexes created, one
+    outcome per prediction."""
+    if not _missing_columns(conn) and not _missing_indexes(conn):
         return
     with write_transaction(conn):  # checked again under the lock: another worker may have done it
-        if "prediction_time" not in _columns(conn, "predictions"):
-            conn.execute("ALTER TABLE predictions ADD COLUMN prediction_time REAL")
+        for name in _missing_columns(conn):
+            conn.execute(f"ALTER TABLE predictions ADD COLUMN {name} {_ADDED_COLUMNS[name]}")
         missing = _missing_indexes(conn)
         if "feedback_by_request" in missing:
             removed = conn.execute(_KEEP_LATEST_FEEDBACK).rowcount
@@ -159,6 +173,8 @@ PREDICTION_FIELDS = (
     "probability",
     "features",
     "prediction_time",
+    "shadow_model_version",
+    "shadow_probability",
 )
 FEEDBACK_FIELDS = ("request_id", "received_at", "flight_key", "departure_delay_minutes", "late")
 
@@ -257,10 +273,21 @@ class RecordedFeedback:
     departure_delay_minutes: float
     late: bool
     first: bool
+    shadow_model_version: str | None = None  # the shadow challenger scored beside it, if any
+    shadow_probability: float | None = None
 
 
-_PREDICTION = "SELECT request_id, flight_key, model_version, variant, probability, prediction_time FROM predictions"
-_PREDICTION_KEYS = ("request_id", "flight_key", "model_version", "variant", "probability", "prediction_time")
+_PREDICTION_KEYS = (
+    "request_id",
+    "flight_key",
+    "model_version",
+    "variant",
+    "probability",
+    "prediction_time",
+    "shadow_model_version",
+    "shadow_probability",
+)
+_PREDICTION = f"SELECT {', '.join(_PREDICTION_KEYS)} FROM predictions"
 
 
 def find_prediction(
@@ -321,6 +348,8 @@ PREDICTION_COLUMNS = (
     "model_version",
     "variant",
     "probability",
+    "shadow_model_version",
+    "shadow_probability",
 )
 FEEDBACK_COLUMNS = ("departure_delay_minutes", "late", "feedback_at")
 _REQUIRED = {
@@ -335,9 +364,11 @@ def read_query(
     end: float | None = None,
     *,
     with_prediction_time: bool = True,
+    with_shadow: bool = True,
 ) -> tuple[str, list[float]]:
     """The SQL (and its parameters) of :func:`read_log`. A log not yet migrated has no
-    ``prediction_time`` (``with_prediction_time=False``): its data time is ``predicted_at``.
+    ``prediction_time`` (``with_prediction_time=False``): its data time is ``predicted_at``; nor
+    the shadow's columns (``with_shadow=False``): read as missing.
 
     The data-time range is two index ranges of ``predictions_by_data_time`` (rows with a
     prediction time, and rows without one by ``predicted_at``), and the feedback one index
@@ -360,10 +391,11 @@ def read_query(
             where.append(fallback)
             params += [lo, hi]
     data_time = "p.prediction_time" if with_prediction_time else "NULL"
+    shadow = "p.shadow_model_version, p.shadow_probability" if with_shadow else "NULL, NULL"
     # Logs from before one outcome per prediction may hold several: the latest is the one read.
     sql = f"""
 SELECT p.request_id, p.predicted_at, {data_time}, p.flight_key, p.model_version, p.variant, p.probability,
-       p.features, f.departure_delay_minutes, f.late, f.received_at
+       {shadow}, p.features, f.departure_delay_minutes, f.late, f.received_at
 FROM predictions AS p
 LEFT JOIN feedback AS f ON f.rowid = (
     SELECT rowid FROM feedback WHERE request_id = p.request_id ORDER BY received_at DESC, rowid DESC LIMIT 1
@@ -384,6 +416,14 @@ def _check_tables(conn: sqlite3.Connection, path: Path) -> None:
             raise ValueError(f"{path} is not a prediction log: {what}; expected the tables {expected}")
 
 
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    try:
+        return sqlite3.connect(uri, uri=True, timeout=30)
+    except sqlite3.Error as exc:
+        raise ValueError(f"{path}: cannot open it read-only as a SQLite database ({exc})") from exc
+
+
 def read_log(
     path: Path, since: float | None = None, *, start: float | None = None, end: float | None = None
 ) -> pd.DataFrame:
@@ -391,7 +431,9 @@ def read_log(
 
     One row per prediction, oldest first: ``request_id``, ``predicted_at`` (UTC timestamp),
     ``prediction_time`` (the request's data time, UTC timestamp; missing when not logged),
-    ``flight_key``, ``model_version``, ``variant``, ``probability``, one column per logged feature
+    ``flight_key``, ``model_version``, ``variant``, ``probability``, ``shadow_model_version`` and
+    ``shadow_probability`` (the shadow challenger scored beside it; missing without one, or when
+    it failed), one column per logged feature
     (missing values as NaN, or None in text columns; a feature named like another column gets a
     ``feature_`` prefix), then ``departure_delay_minutes``, ``late`` (nullable boolean) and
     ``feedback_at`` (UTC timestamp), all missing for a prediction without feedback.
@@ -411,16 +453,18 @@ def read_log(
     base = [*PREDICTION_COLUMNS, *FEEDBACK_COLUMNS]
     if not path.exists():
         return _typed(pd.DataFrame({c: [] for c in base}), [])
-    uri = f"{path.resolve().as_uri()}?mode=ro"
-    try:
-        conn = sqlite3.connect(uri, uri=True, timeout=30)
-    except sqlite3.Error as exc:
-        raise ValueError(f"{path}: cannot open it read-only as a SQLite database ({exc})") from exc
+    conn = _open_read_only(path)
     try:
         try:
             _check_tables(conn, path)
-            migrated = "prediction_time" in _columns(conn, "predictions")
-            sql, params = read_query(since, start, end, with_prediction_time=migrated)
+            have = _columns(conn, "predictions")
+            sql, params = read_query(
+                since,
+                start,
+                end,
+                with_prediction_time="prediction_time" in have,
+                with_shadow={"shadow_model_version", "shadow_probability"} <= have,
+            )
             rows = conn.execute(sql, params).fetchall()
         except sqlite3.DatabaseError as exc:
             raise ValueError(
@@ -452,9 +496,10 @@ def _typed(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
     import pandas as pd
 
     frame["request_id"] = frame["request_id"].astype(object)
-    for column in ("flight_key", "model_version", "variant"):
+    for column in ("flight_key", "model_version", "variant", "shadow_model_version"):
         frame[column] = frame[column].astype(object)
     frame["probability"] = frame["probability"].astype("float64")
+    frame["shadow_probability"] = frame["shadow_probability"].astype("float64")
     frame["departure_delay_minutes"] = frame["departure_delay_minutes"].astype("float64")
     frame["late"] = frame["late"].astype("Int64").astype("boolean")
     for column in ("predicted_at", "prediction_time", "feedback_at"):
@@ -468,3 +513,89 @@ def data_days(frame: pd.DataFrame) -> pd.Series:
     frame by its data time: ``prediction_time``, else ``predicted_at``."""
     when = frame["prediction_time"].fillna(frame["predicted_at"])
     return when.dt.tz_convert(LOCAL_TZ).dt.strftime("%Y-%m-%d").astype(object)
+
+
+# --- Outcomes for the challenger's sequential test ----------------------------------------------
+
+PAIRED_COLUMNS = ("request_id", "prediction_time", "received_at", "late", "champion_p", "challenger_p")
+_PROBABILITIES = {"champion_p", "challenger_p", "p"}
+SPLIT_COLUMNS = ("request_id", "prediction_time", "received_at", "late", "variant", "model_version", "p")
+_OUTCOMES = """
+SELECT p.request_id, COALESCE({data_time}, p.predicted_at), f.received_at, f.late, {picked}
+FROM feedback AS f JOIN predictions AS p ON p.request_id = f.request_id
+WHERE {where}
+ORDER BY f.received_at, f.rowid
+"""
+
+
+def _outcomes(
+    path: Path, columns: tuple[str, ...], picked: str, where: str, params: list[Any], since: float | None
+) -> pd.DataFrame:
+    import pandas as pd
+
+    path = Path(path)
+    rows: list[tuple[Any, ...]] = []
+    if path.exists():
+        conn = _open_read_only(path)
+        try:
+            try:
+                _check_tables(conn, path)
+                have = _columns(conn, "predictions")
+                if "shadow_probability" in picked and "shadow_probability" not in have:
+                    pass  # a log from before shadow scoring holds no pairs
+                else:
+                    data_time = "p.prediction_time" if "prediction_time" in have else "NULL"
+                    if since is not None:
+                        where, params = f"{where} AND f.received_at > ?", [*params, since]
+                    sql = _OUTCOMES.format(data_time=data_time, picked=picked, where=where)
+                    rows = conn.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise ValueError(f"{path} is not a readable prediction log ({exc})") from exc
+        finally:
+            conn.close()
+    frame = pd.DataFrame.from_records(rows, columns=list(columns))
+    frame["request_id"] = frame["request_id"].astype(object)
+    for column in ("prediction_time", "received_at"):
+        frame[column] = pd.to_datetime(frame[column].astype("float64"), unit="s", utc=True).dt.round("us")
+    frame["late"] = frame["late"].astype("int64").astype(bool)
+    for column in columns[4:]:
+        frame[column] = frame[column].astype("float64" if column in _PROBABILITIES else object)
+    return frame
+
+
+def paired_outcomes(path: Path, champion: str, challenger: str, since: float | None = None) -> pd.DataFrame:
+    """The outcomes of flights both models scored: predictions of ``champion`` that carry the
+    probability of ``challenger`` run in shadow beside it, and have feedback.
+
+    One row per prediction, in the order the outcomes came: ``request_id``, ``prediction_time``
+    (the data time: the request's prediction time, else when it was logged; UTC), ``received_at``
+    (when the outcome came, UTC), ``late`` (bool), ``champion_p``, ``challenger_p``. ``since``
+    (unix seconds) keeps outcomes received after it: a reader that keeps the latest
+    ``received_at`` it saw reads each outcome once. A missing log, or one from before shadow
+    scoring, gives an empty frame; a file that is not a prediction log raises ``ValueError``.
+    """
+    return _outcomes(
+        path,
+        PAIRED_COLUMNS,
+        "p.probability, p.shadow_probability",
+        "p.variant = 'champion' AND p.model_version = ? AND p.shadow_model_version = ? "
+        "AND p.shadow_probability IS NOT NULL",
+        [champion, challenger],
+        since,
+    )
+
+
+def split_outcomes(path: Path, champion: str, challenger: str, since: float | None = None) -> pd.DataFrame:
+    """The outcomes of a split: each prediction of ``champion`` (as the champion) or of
+    ``challenger`` (as the challenger) that has feedback, one row each, in the order the outcomes
+    came: ``request_id``, ``prediction_time``, ``received_at``, ``late``, ``variant``,
+    ``model_version``, ``p`` (its probability). ``since`` and the rest as :func:`paired_outcomes`.
+    """
+    return _outcomes(
+        path,
+        SPLIT_COLUMNS,
+        "p.variant, p.model_version, p.probability",
+        "((p.variant = 'champion' AND p.model_version = ?) OR (p.variant = 'challenger' AND p.model_version = ?))",
+        [champion, challenger],
+        since,
+    )

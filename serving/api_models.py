@@ -99,3 +99,7 @@ class FeedbackResult(BaseModel):
     late: bool
     log_loss: float
     brier: float
+    shadow_model_version: str | None = Field(
+        default=None, description="The shadow challenger scored beside the prediction, if one was."
+    )
+    shadow_probability: float | None = Field(default=None, description="Its probability for the same flight.")

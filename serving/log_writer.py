@@ -175,19 +175,30 @@ class PredictionLogWriter:
         probability: float,
         features: dict[str, Any],
         prediction_time: float | None = None,
+        shadow_model_version: str | None = None,
+        shadow_probability: float | None = None,
     ) -> None:
-        """Queue a prediction (``prediction_time``: the request's data time, unix seconds).
+        """Queue a prediction (``prediction_time``: the request's data time, unix seconds; the
+        shadow challenger's version and probability for the same flight, when one was scored).
         Raises ``ValueError`` for a probability or time that is not a finite number, and
         :class:`LogUnavailable` when the log cannot take it: the prediction must not be served."""
         if not math.isfinite(probability):
             raise ValueError(f"probability of prediction {request_id}: expected a finite number, got {probability!r}")
+        if (shadow_model_version is None) != (shadow_probability is None) or not (
+            shadow_probability is None or math.isfinite(shadow_probability)
+        ):
+            raise ValueError(
+                f"shadow of prediction {request_id}: expected a model version and a finite probability, or "
+                f"neither; got {shadow_model_version!r}, {shadow_probability!r}"
+            )
         if prediction_time is not None and not math.isfinite(prediction_time):
             raise ValueError(
                 f"prediction_time of prediction {request_id}: expected unix seconds, got {prediction_time!r}"
             )
         # Serialized by the writer thread, off the request path.
         row = (request_id, self.clock(), flight_key, model_version, variant, float(probability))
-        self._accept("predictions", (*row, features, prediction_time))
+        shadow = (shadow_model_version, None if shadow_probability is None else float(shadow_probability))
+        self._accept("predictions", (*row, features, prediction_time, *shadow))
 
     def feedback(self, request_id: str, flight_key: str, delay: float, late: bool) -> None:
         """Queue an outcome for a logged prediction; it is kept only if the prediction has none
@@ -392,7 +403,7 @@ class PredictionLogWriter:
             except (TypeError, orjson.JSONEncodeError) as exc:
                 self._drop(1, f"prediction {row[0]}: features not encodable as JSON ({exc})")
                 continue
-            self._pending.predictions.append((*row[:6], features, row[7]))
+            self._pending.predictions.append((*row[:6], features, *row[7:]))
         self._pending_upto = upto
 
     def _settle(self, committed: bool) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import math
 import os
 import time
@@ -21,6 +22,8 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any, TypeVar
 
+import numpy as np
+
 from flight_delay.flights import is_late
 from flight_delay.prediction_log import FeedbackConflict, RecordedFeedback
 from serving.api_models import FeedbackResult, Flight, Prediction
@@ -30,6 +33,7 @@ from serving.routing import ModelRouter, Routing, Variant
 from serving.telemetry import Counts, Telemetry
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
@@ -63,6 +67,7 @@ class Blocking:
 
 
 FEEDBACK_POLL_SECONDS = 0.02  # how often feedback looks again for a prediction another worker logs
+SHADOW_WARN_SECONDS = 60.0  # a failing shadow is counted on every call, written to the log this often
 
 
 def _clip(p: float) -> float:
@@ -71,7 +76,14 @@ def _clip(p: float) -> float:
 
 class Scorer:
     """Routes flights to champion or challenger, reads their online features, runs each variant's
-    model once per call, counts what it saw and logs every prediction."""
+    model once per call, counts what it saw and logs every prediction.
+
+    A challenger in shadow mode scores every flight of the call beside the champion, from the same
+    rows read for it but with its own feature spec, in one batch; its probability is logged with
+    the champion's prediction and counted as the challenger's. It never changes or fails an
+    answer: a shadow that raises or gives a non-finite probability is counted
+    (``flight_delay_shadow_errors_total``) and those flights are logged without a shadow figure.
+    """
 
     def __init__(
         self,
@@ -92,6 +104,7 @@ class Scorer:
         # Request ids: 64 random bits per worker start, then a counter (uuid4 costs a system call).
         self._id_prefix = os.urandom(8).hex()
         self._ids = itertools.count()
+        self._shadow_warned: dict[str, float] = {}  # tag -> when its last failure was written to the log
 
     def follow_routing(self) -> Routing:
         """The router's current routing; when it changed (a promotion, a rollback, a challenger),
@@ -148,8 +161,14 @@ class Scorer:
                 probabilities[i] = scores[j]
             scored.append((variant, members, inputs, scores))
         t2 = time.perf_counter()
-        self.telemetry.stages(endpoint, t1 - t0, t2 - t1)
         counts: Counts = Counter()
+        shadow = routing.shadow
+        shadow_scores: list[float | None] = [None] * len(flights)
+        if shadow is not None:
+            shadow_scores = self._shadow(shadow, flights, rows, counts)
+            self.telemetry.stages(endpoint, t1 - t0, t2 - t1, time.perf_counter() - t2)
+        else:
+            self.telemetry.stages(endpoint, t1 - t0, t2 - t1)
         features: list[dict] = [{}] * len(flights)
         for variant, members, inputs, scores in scored:
             for j, i in enumerate(members):
@@ -161,19 +180,86 @@ class Scorer:
         self.telemetry.online_reads(rows.reads, rows.future, counts)
         self.telemetry.ages(rows.ages, counts)
         self.telemetry.tally.add(counts)
+        shadow_tag = shadow.tag if shadow is not None else None
         return [
             self._respond(
-                keys[i], assigned[i], probabilities[i], features[i], rows.ages[i], rows.unknown[i], rows.times[i]
+                keys[i],
+                assigned[i],
+                probabilities[i],
+                features[i],
+                rows.ages[i],
+                rows.unknown[i],
+                rows.times[i],
+                shadow_tag if shadow_scores[i] is not None else None,
+                shadow_scores[i],
             )
             for i in range(len(flights))
         ]
 
+    def _shadow(self, shadow: Variant, flights: list[Flight], rows: Any, counts: Counts) -> list[float | None]:
+        """The shadow's probability for each flight (None where it failed), one batch call; its
+        predictions and feature bins counted as the challenger's, its failures as errors."""
+        spec = shadow.model.spec
+        try:
+            inputs = model_inputs(flights, rows, spec.numeric, spec.categorical)
+            scores = np.asarray(shadow.model.predict_inputs(inputs), dtype="float64").reshape(-1)
+            if len(scores) != len(flights):
+                raise ValueError(f"expected {len(flights)} probabilities, got {len(scores)}")
+        except Exception as exc:  # the shadow's own failure is never the request's
+            self._shadow_failed(shadow.tag, len(flights), f"{type(exc).__name__}: {exc}", counts)
+            return [None] * len(flights)
+        finite = np.isfinite(scores)
+        if not finite.all():
+            bad = int((~finite).sum())
+            self._shadow_failed(shadow.tag, bad, f"{bad} non-finite probabilities of {len(flights)}", counts)
+            kept = np.flatnonzero(finite).tolist()
+            inputs = {c: [col[i] for i in kept] for c, col in inputs.items()}
+        else:
+            kept = range(len(flights))
+        good = scores[finite].tolist()
+        unknown = (rows.unknown[i] for i in kept)
+        self.telemetry.predictions(shadow.tag, shadow.name, good, inputs, shadow.model.reference, unknown, counts)
+        return [float(p) if ok else None for p, ok in zip(scores.tolist(), finite.tolist())]
+
+    def _shadow_failed(self, tag: str, flights: int, why: str, counts: Counts) -> None:
+        self.telemetry.shadow_errors(tag, flights, counts)
+        now = time.monotonic()
+        if now - self._shadow_warned.get(tag, -math.inf) >= SHADOW_WARN_SECONDS:
+            self._shadow_warned[tag] = now
+            log.warning(
+                "shadow challenger %s could not score %d flights (%s); the champion answered them "
+                "(counted in flight_delay_shadow_errors_total, logged at most every %g s)",
+                tag,
+                flights,
+                why,
+                SHADOW_WARN_SECONDS,
+            )
+
     def _respond(
-        self, key: str, variant: Variant, p: float, features: dict, ages: dict, unknown: list[str], at: float
+        self,
+        key: str,
+        variant: Variant,
+        p: float,
+        features: dict,
+        ages: dict,
+        unknown: list[str],
+        at: float,
+        shadow_tag: str | None,
+        shadow_p: float | None,
     ) -> Prediction:
         request_id = f"{self._id_prefix}{next(self._ids):016x}"
         try:
-            self.log.predicted(request_id, key, variant.tag, variant.name, p, features, prediction_time=at)
+            self.log.predicted(
+                request_id,
+                key,
+                variant.tag,
+                variant.name,
+                p,
+                features,
+                prediction_time=at,
+                shadow_model_version=shadow_tag,
+                shadow_probability=shadow_p,
+            )
         except LogUnavailable as exc:  # a prediction the log cannot keep is not served
             raise ServiceError(str(exc), HTTPStatus.SERVICE_UNAVAILABLE) from exc
         # Built from values the service made itself: validating them again buys nothing.
@@ -216,12 +302,10 @@ class Scorer:
                 await asyncio.sleep(FEEDBACK_POLL_SECONDS)
             except LogUnavailable as exc:
                 raise ServiceError(str(exc), HTTPStatus.SERVICE_UNAVAILABLE) from exc
-        p = _clip(found.probability)
-        loss = -math.log(p) if late else -math.log(1 - p)
-        brier = (p - float(late)) ** 2
-        if found.first:  # live quality counts each prediction's outcome once
-            hit = (p >= self.threshold) == late
-            self.telemetry.feedback(found.model_version, found.variant, found.probability, late, hit, loss, brier)
+        loss, brier = self._quality(found.model_version, found.variant, found.probability, late, found.first)
+        if found.shadow_model_version is not None and found.shadow_probability is not None:
+            # The shadow's live quality on the same outcome, counted once as well.
+            self._quality(found.shadow_model_version, "challenger", found.shadow_probability, late, found.first)
         return FeedbackResult(
             request_id=found.request_id,
             flight_key=found.flight_key,
@@ -231,7 +315,20 @@ class Scorer:
             late=late,
             log_loss=loss,
             brier=brier,
+            shadow_model_version=found.shadow_model_version,
+            shadow_probability=found.shadow_probability,
         )
+
+    def _quality(self, tag: str, variant: str, probability: float, late: bool, first: bool) -> tuple[float, float]:
+        """Log loss and squared error of ``probability`` for the outcome ``late``, counted in the
+        live quality of ``tag`` as ``variant`` when ``first`` (each prediction's outcome once)."""
+        p = _clip(probability)
+        loss = -math.log(p) if late else -math.log(1 - p)
+        brier = (p - float(late)) ** 2
+        if first:
+            hit = (p >= self.threshold) == late
+            self.telemetry.feedback(tag, variant, probability, late, hit, loss, brier)
+        return loss, brier
 
 
 def _by_variant(assigned: list[Variant]) -> list[tuple[Variant, list[int]]]:

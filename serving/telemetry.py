@@ -58,7 +58,11 @@ REQUEST_LATENCY = _histogram(
     "request_latency_seconds", "Time inside the API method, by endpoint.", LATENCY_BUCKETS, "endpoint"
 )
 STAGE_LATENCY = _histogram(
-    "stage_latency_seconds", "Time per stage: feature_lookup, inference.", LATENCY_BUCKETS, "stage", "endpoint"
+    "stage_latency_seconds",
+    "Time per stage: feature_lookup, inference, shadow (the shadow challenger's inference, when one runs).",
+    LATENCY_BUCKETS,
+    "stage",
+    "endpoint",
 )
 PREDICTIONS = _counter("predictions_total", "Predictions served, by model.", *MODEL_LABELS)
 SCORE = _histogram("prediction_score", "Predicted probability of a 15-minute delay.", SCORE_BUCKETS, *MODEL_LABELS)
@@ -94,6 +98,12 @@ MODEL_LOAD_FAILURES = _counter(
     "Attempts at loading a model that failed or were refused, by variant (a broken or incomplete "
     "artifact, features the service cannot build); retried with backoff, the service log says why.",
     "variant",
+)
+SHADOW_ERRORS = _counter(
+    "shadow_errors_total",
+    "Flights the shadow challenger could not score (it raised, or gave a non-finite probability): served by the "
+    "champion as always, logged without a shadow figure; the service log says why.",
+    "model_version",
 )
 FEEDBACK = _counter(
     "feedback_total",
@@ -240,9 +250,16 @@ class Telemetry:
         if seconds is not None:
             self.series(REQUEST_LATENCY, endpoint).observe(seconds)
 
-    def stages(self, endpoint: str, lookup_seconds: float, inference_seconds: float) -> None:
+    def stages(
+        self, endpoint: str, lookup_seconds: float, inference_seconds: float, shadow_seconds: float | None = None
+    ) -> None:
         self.series(STAGE_LATENCY, "feature_lookup", endpoint).observe(lookup_seconds)
         self.series(STAGE_LATENCY, "inference", endpoint).observe(inference_seconds)
+        if shadow_seconds is not None:
+            self.series(STAGE_LATENCY, "shadow", endpoint).observe(shadow_seconds)
+
+    def shadow_errors(self, tag: str, flights: int, counts: Counts) -> None:
+        counts[(SHADOW_ERRORS, (tag,))] += flights
 
     def online_reads(self, reads: Counter[tuple[str, str]], future: Counter[str], counts: Counts) -> None:
         for (view, source), n in reads.items():
@@ -305,6 +322,8 @@ class Telemetry:
         for (tag, name), variant in new.items():
             self.series(MODEL_SERVING, tag, name).set(1)
             self._create_model_series(tag, name, variant.model)
+        if routing.shadow is not None:  # at 0 from the start, so that an alert sees the first error
+            self.series(SHADOW_ERRORS, routing.shadow.tag).inc(0)
         self.series(CHAMPION_LOADED).set(1 if routing.champion is not None else 0)
 
     def _create_model_series(self, tag: str, variant: str, model: Any) -> None:

@@ -19,7 +19,7 @@ from serving.log_writer import PredictionLogWriter
 
 # The columns of a log without features, in order: the prediction, then its feedback.
 PREDICTION = ["request_id", "predicted_at", "prediction_time", "flight_key"]
-MODEL = ["model_version", "variant", "probability"]
+MODEL = ["model_version", "variant", "probability", "shadow_model_version", "shadow_probability"]
 BASE = [*PREDICTION, *MODEL, "departure_delay_minutes", "late", "feedback_at"]
 T0 = 1_700_000_000.0
 
@@ -71,7 +71,7 @@ def test_predictions_come_back_with_their_feedback(tmp_path, clock):
     _write(path, clock)
     frame = read_log(path)
 
-    assert list(frame.columns) == [*BASE[:7], "dep_hour", "temp", "carrier", "wind_gust", *BASE[7:]]
+    assert list(frame.columns) == [*BASE[:9], "dep_hour", "temp", "carrier", "wind_gust", *BASE[9:]]
     assert list(frame["request_id"]) == ["r1", "r2", "r3"]  # one row each, oldest first
     assert str(frame["predicted_at"].dtype) == "datetime64[ns, UTC]"
     assert str(frame["prediction_time"].dtype) == "datetime64[ns, UTC]" and frame["prediction_time"].isna().all()
@@ -175,7 +175,8 @@ def _write_days(path: Path) -> None:
     log.close()
     with closing(sqlite3.connect(path)) as db, db:
         db.execute(
-            "INSERT INTO predictions VALUES ('z', ?, '2013-03-11:UA9:EWR', 'm', 'champion', 0.9, 'not json', ?)",
+            "INSERT INTO predictions VALUES ('z', ?, '2013-03-11:UA9:EWR', 'm', 'champion', 0.9, 'not json', ?, "
+            "NULL, NULL)",
             (T0, _local("2013-03-11 06:00")),
         )
 
