@@ -87,6 +87,7 @@ def test_a_decision_against_a_state_that_changed_is_not_applied(home, registry):
     assert not _decide(home, "promote", b, c).success  # decided against another champion
     assert not _decide(home, "promote", c, a).success  # c is not the challenger
     assert not _decide(home, "retire", c, a).success
+    assert not _decide(home, "retire", b, c).success  # the right challenger, decided against another champion
     assert not _decide(home, "rollback", a, b).success  # b is not the champion
     assert registry.history(MODEL_NAME) == before
 
