@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -65,7 +65,7 @@ class ChampionEvent:
     reason: str
     at: str
     previous: str | None  # the champion when the decision was made
-    details: dict[str, Any] = field(default_factory=dict)  # challenge: mode, share, forced
+    details: dict[str, Any] = field(default_factory=dict)  # challenge: mode, share, forced; any: the caller's (run id)
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
@@ -329,16 +329,36 @@ class ModelRegistry:
         return event
 
     @staticmethod
-    def _event(name: str, tag: str, action: str, reason: str, state: RegistryState, **details: Any) -> ChampionEvent:
+    def _event(
+        name: str,
+        tag: str,
+        action: str,
+        reason: str,
+        state: RegistryState,
+        extra: Mapping[str, Any] | None,
+        **details: Any,
+    ) -> ChampionEvent:
+        """``extra``: what the caller records beside the decision (the Dagster run that made it, the
+        figures behind it); it cannot override the decision's own details."""
+        clash = sorted(set(extra or {}) & set(details))
+        if clash:
+            raise ValueError(f"details {clash} are the {action} event's own; record them under other names")
         at = datetime.now(UTC).isoformat()
-        return ChampionEvent(name, tag, action, reason, at, state.champion, details)
+        return ChampionEvent(name, tag, action, reason, at, state.champion, {**(extra or {}), **details})
 
     @staticmethod
     def _expect_champion(name: str, state: RegistryState, expected: str | None) -> None:
         if state.champion != expected:
             raise ConflictError(name, "champion", expected, state.champion)
 
-    def promote(self, name: str, tag: str, reason: str, expected_champion: str | None) -> ChampionEvent:
+    def promote(
+        self,
+        name: str,
+        tag: str,
+        reason: str,
+        expected_champion: str | None,
+        details: Mapping[str, Any] | None = None,
+    ) -> ChampionEvent:
         """Make ``tag`` the champion of ``name`` if ``expected_champion`` still is (None: no champion
         yet). An explicit promotion also lifts a bar (rejected, rolled back, retired)."""
         tag = self.canonical(name, tag)
@@ -347,12 +367,17 @@ class ModelRegistry:
             self._expect_champion(name, state, expected_champion)
             if state.champion == tag:
                 raise ValueError(f"{tag} is already the champion of {name}")
-            return self._event(name, tag, "promote", reason, state)
+            return self._event(name, tag, "promote", reason, state, details)
 
         return self._record(name, decide)
 
     def rollback(
-        self, name: str, reason: str, expected_champion: str | None, to_tag: str | None = None
+        self,
+        name: str,
+        reason: str,
+        expected_champion: str | None,
+        to_tag: str | None = None,
+        details: Mapping[str, Any] | None = None,
     ) -> ChampionEvent:
         """Restore ``to_tag``, or by default the most recent earlier champion that is not barred; the
         champion rolled back from is barred."""
@@ -369,7 +394,7 @@ class ModelRegistry:
                         f"{name} has no earlier champion to roll back to (earlier: "
                         f"{list(state.previous_champions) or 'none'}, all barred or none)"
                     )
-                return self._event(name, allowed[0], "rollback", reason, state)
+                return self._event(name, allowed[0], "rollback", reason, state, details)
             if target == state.champion:
                 raise ValueError(f"{target} is already the champion of {name}")
             if target not in state.previous_champions:
@@ -379,7 +404,7 @@ class ModelRegistry:
                     f"{target} was {state.barred[target]}; a rollback restores a model that served well: "
                     "promote it explicitly if you mean it"
                 )
-            return self._event(name, target, "rollback", reason, state)
+            return self._event(name, target, "rollback", reason, state, details)
 
         return self._record(name, decide)
 
@@ -392,6 +417,7 @@ class ModelRegistry:
         reason: str,
         expected_champion: str | None,
         force: bool = False,
+        details: Mapping[str, Any] | None = None,
     ) -> ChampionEvent:
         """Make ``tag`` the challenger of ``expected_champion``: in ``mode`` "split" it takes ``share``
         of the flights (0 to 1); in "shadow" it is scored beside the champion and answers none. A
@@ -409,29 +435,33 @@ class ModelRegistry:
                 raise ValueError(
                     f"{tag} was {state.barred[tag]}; pass force=True (--force) to make it the challenger anyway"
                 )
-            return self._event(name, tag, "challenge", reason, state, mode=mode, share=float(share), forced=force)
+            return self._event(
+                name, tag, "challenge", reason, state, details, mode=mode, share=float(share), forced=force
+            )
 
         return self._record(name, decide)
 
-    def retire(self, name: str, reason: str, expected_challenger: str) -> ChampionEvent:
+    def retire(
+        self, name: str, reason: str, expected_challenger: str, details: Mapping[str, Any] | None = None
+    ) -> ChampionEvent:
         """Remove the challenger ``expected_challenger`` and bar it."""
 
         def decide(state: RegistryState) -> ChampionEvent:
             actual = state.challenger.tag if state.challenger else None
             if actual != expected_challenger:
                 raise ConflictError(name, "challenger", expected_challenger, actual)
-            return self._event(name, expected_challenger, "retire", reason, state)
+            return self._event(name, expected_challenger, "retire", reason, state, details)
 
         return self._record(name, decide)
 
-    def reject(self, name: str, tag: str, reason: str) -> ChampionEvent:
+    def reject(self, name: str, tag: str, reason: str, details: Mapping[str, Any] | None = None) -> ChampionEvent:
         """Record that a candidate was judged and not promoted: it is barred from traffic."""
         tag = self.canonical(name, tag)
 
         def decide(state: RegistryState) -> ChampionEvent:
             if tag == state.champion:
                 raise ValueError(f"{tag} is the champion of {name}; roll it back instead of rejecting it")
-            return self._event(name, tag, "reject", reason, state)
+            return self._event(name, tag, "reject", reason, state, details)
 
         return self._record(name, decide)
 

@@ -1,4 +1,4 @@
-"""The one wiring point: every asset, check, resource, job and schedule of the code location.
+"""The one wiring point: every asset, check, resource, job, schedule and sensor of the code location.
 
 The data folder comes from ``FLIGHT_DELAY_DATA_DIR`` with the project's ``data/`` folder as the
 embedded default (``flight_delay.paths``), so the same definitions serve ``dagster dev``, the CLI
@@ -10,8 +10,17 @@ import os
 import dagster as dg
 
 from flight_delay.paths import PROJECT_ROOT, DataLayout
-from pipeline import jobs
-from pipeline.assets import feature_store, feature_tables, ingestion, monitoring, packaging, training, validated
+from pipeline import jobs, sensors
+from pipeline.assets import (
+    decisions,
+    feature_store,
+    feature_tables,
+    ingestion,
+    monitoring,
+    packaging,
+    training,
+    validated,
+)
 from pipeline.resources import (
     FeatureStoreResource,
     LocalModelRegistry,
@@ -25,16 +34,18 @@ from pipeline.resources import (
 )
 
 
-def metrics_source(layout: DataLayout) -> MetricsSource:
+def metrics_source(layout: DataLayout, reader: str = "last_read") -> MetricsSource:
     """Prometheus when ``FLIGHT_DELAY_PROMETHEUS_URL`` names one, else the services' own
-    ``/metrics`` at ``FLIGHT_DELAY_SERVICE_URLS`` (comma-separated; ``make serve``'s by default)."""
+    ``/metrics`` at ``FLIGHT_DELAY_SERVICE_URLS`` (comma-separated; ``make serve``'s by default).
+    ``reader`` names the file of the previous read: each reader of ``/metrics`` has its own, so
+    one reader's window never swallows another's."""
     if os.environ.get("FLIGHT_DELAY_PROMETHEUS_URL"):
         return PrometheusMetrics(url=dg.EnvVar("FLIGHT_DELAY_PROMETHEUS_URL"))
     urls = [u for u in os.environ.get("FLIGHT_DELAY_SERVICE_URLS", "http://127.0.0.1:3000").split(",") if u]
-    return ServiceMetrics(urls=urls, state_path=str(layout.root / "monitoring" / "last_read.json"))
+    return ServiceMetrics(urls=urls, state_path=str(layout.root / "monitoring" / f"{reader}.json"))
 
 
-ASSET_MODULES = [ingestion, validated, feature_tables, feature_store, training, packaging, monitoring]
+ASSET_MODULES = [ingestion, validated, feature_tables, feature_store, training, packaging, monitoring, decisions]
 
 
 def build_definitions(
@@ -49,8 +60,9 @@ def build_definitions(
     online_store_url = dg.EnvVar("FLIGHT_DELAY_ONLINE_STORE") if os.environ.get("FLIGHT_DELAY_ONLINE_STORE") else None
     return dg.Definitions(
         assets=dg.load_assets_from_modules(ASSET_MODULES),
-        jobs=[jobs.feature_refresh_job, jobs.retrain_job, jobs.monitoring_job],
+        jobs=[jobs.feature_refresh_job, jobs.retrain_job, jobs.monitoring_job, jobs.decision_job],
         schedules=[jobs.daily_feature_refresh, jobs.monitoring_schedule],
+        sensors=sensors.loop_sensors(),
         # Steps are short and the machine small: one process per run beats one per step.
         executor=dg.in_process_executor,
         resources={
@@ -69,6 +81,7 @@ def build_definitions(
             "model_registry": LocalModelRegistry(bentoml_home=str(layout.bentoml_home)),
             "prediction_log_db": PredictionLogResource(path=str(layout.prediction_log)),
             "metrics_source": metrics_source(layout),
+            "drift_metrics_source": metrics_source(layout, reader="drift_sensor_last_read"),
         },
     )
 

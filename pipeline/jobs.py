@@ -1,8 +1,17 @@
-"""Jobs and schedules: the daily feature refresh and the retraining."""
+"""Jobs and schedules: the daily feature refresh, the retraining, the monitoring and the loop's decisions."""
 
 import dagster as dg
 
-from pipeline.assets import feature_store, feature_tables, ingestion, monitoring, packaging, training, validated
+from pipeline.assets import (
+    decisions,
+    feature_store,
+    feature_tables,
+    ingestion,
+    monitoring,
+    packaging,
+    training,
+    validated,
+)
 from pipeline.partitions import daily_partitions
 
 feature_refresh_job = dg.define_asset_job(
@@ -35,4 +44,11 @@ monitoring_schedule = dg.ScheduleDefinition(
     job=monitoring_job,
     cron_schedule="*/15 * * * *",
     description="Drift and live quality every 15 minutes (turn it on in the UI; the daemon runs it).",
+)
+
+decision_job = dg.define_asset_job(
+    "decision_job",
+    selection=dg.AssetSelection.assets(decisions.model_decisions),
+    description="Apply one decision about which model serves (run config: action, model, expected champion, "
+    "reason, figures); requested by the loop's sensors.",
 )

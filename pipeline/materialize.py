@@ -43,7 +43,8 @@ def graph_steps() -> list[Step]:
     graph = defs.resolve_asset_graph()
     later = {"training", "packaging"}
     nodes = [graph.get(k) for k in graph.toposorted_asset_keys]
-    selectable = [n for n in nodes if n.group_name != "monitoring"]  # read on demand, in no step
+    # The monitoring is read on demand and the model's lifecycle decided by sensors: in no step.
+    selectable = [n for n in nodes if n.group_name not in ("monitoring", "model_lifecycle")]
     return [
         Step(
             "reference tables and the Feast registry",

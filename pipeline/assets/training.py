@@ -24,6 +24,7 @@ from pipeline.partitions import days_between
 from pipeline.resources import FeatureStoreResource, ModelRegistryResource, TableStore
 
 GROUP = "training"
+LOOP_TAG_PREFIX = "flight_delay/"  # run tags set by the loop's sensors (pipeline/sensors.py)
 
 
 class TrainingWindowConfig(dg.Config):
@@ -137,7 +138,8 @@ def model_promotion(
     training_set: pd.DataFrame,
     model_registry: ModelRegistryResource,
 ) -> dg.MaterializeResult:
-    """Champion/challenger decision: the candidate replaces the champion only if it beats it on the same window."""
+    """Offline gate: a candidate that beats the champion on the same window becomes its shadow challenger
+    (the first model becomes champion); one that does not is rejected."""
     registry = model_registry.registry()
     candidate, cand = delay_model["tag"], delay_model["metrics"]
     champion = registry.champion(MODEL_NAME)
@@ -146,19 +148,58 @@ def model_promotion(
         held_out, y = evaluation_rows(training_set)
         champ = classification_metrics(y, ServingModel(registry.model_dir(champion)).predict(held_out))
     decision = decide_promotion(candidate, cand, champion, champ, PromotionPolicy(**config.model_dump()))
+    # The run that decided, and the drift that asked for it (the drift sensor's run tags), go into
+    # the registry's event and the metadata alike.
+    trigger = {k: v for k, v in context.run.tags.items() if k.startswith(LOOP_TAG_PREFIX)}
+    details = {"dagster_run_id": context.run.run_id, **({"trigger": trigger} if trigger else {})}
     try:
-        if decision.promote:
-            registry.promote(MODEL_NAME, candidate, decision.reason, expected_champion=champion)
-        elif candidate != champion:
-            registry.reject(MODEL_NAME, candidate, decision.reason)  # judged: never takes traffic unasked
+        if decision.promote and champion is None:
+            action = "promote"  # the very first model: nothing to prove itself against live
+            registry.promote(MODEL_NAME, candidate, decision.reason, expected_champion=None, details=details)
+        elif decision.promote:
+            # Passing the offline gate earns a place beside the champion, not the champion's place:
+            # the challenger sensor promotes it once its live record proves it better.
+            action = "challenge"
+            registry.challenge(
+                MODEL_NAME,
+                candidate,
+                "shadow",
+                1.0,
+                f"passed the offline gate: {decision.reason}",
+                champion,
+                details=details,
+            )
+        else:
+            action = "keep"
+            if candidate != champion:
+                registry.reject(MODEL_NAME, candidate, decision.reason, details=details)  # never takes traffic unasked
     except ConflictError as exc:
         raise dg.Failure(f"{exc}; materialize model_promotion again to judge the candidate against it") from exc
-    context.log.info(f"{'promoted' if decision.promote else 'kept champion'}: {decision.reason}")
+    context.log.info(f"{action}: {decision.reason}")
+    if action != "keep":  # the model's life in one place: model_decisions' history shows this decision too
+        figures = {"candidate_auc": cand["auc"], "candidate_log_loss": cand["log_loss"]}
+        if champ is not None:
+            figures |= {"champion_auc": champ["auc"], "champion_log_loss": champ["log_loss"]}
+        context.log_event(
+            dg.AssetMaterialization(
+                asset_key="model_decisions",
+                description=f"{action} {candidate} (model_promotion's offline gate)",
+                metadata={
+                    "action": action,
+                    "model_version": candidate,
+                    "champion_before": champion or "none",
+                    "reason": decision.reason,
+                    "dagster_run_id": context.run.run_id,
+                    "figures": dg.MetadataValue.json(figures),
+                    **{k: dg.MetadataValue.float(float(v)) for k, v in figures.items()},
+                },
+            )
+        )
     events = registry.history(MODEL_NAME)
     state = fold(events)
     history = pd.DataFrame([asdict(e) for e in events]).tail(10)
     metadata: dict[str, Any] = {
-        "decision": "promote" if decision.promote else "keep",
+        "decision": action,
         "reason": decision.reason,
         "candidate": candidate,
         "champion_before": champion or "none",
@@ -169,4 +210,5 @@ def model_promotion(
     }
     if champ is not None:
         metadata["champion_auc"] = dg.MetadataValue.float(champ["auc"])
+    metadata |= {f"trigger/{k.removeprefix(LOOP_TAG_PREFIX)}": v for k, v in trigger.items()}
     return dg.MaterializeResult(metadata=metadata)

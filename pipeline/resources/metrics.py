@@ -27,6 +27,11 @@ class MetricsSource(dg.ConfigurableResource, ABC):
     @abstractmethod
     def describe(self) -> str: ...
 
+    @abstractmethod
+    def disjoint_windows(self) -> bool:
+        """True when successive windows never overlap (each read: since the previous one), so a
+        reader may add them up; False when each is a sliding window of its own."""
+
 
 class ServiceMetrics(MetricsSource):
     """Scrapes the services' ``/metrics`` and returns what changed since the previous read (the
@@ -52,6 +57,9 @@ class ServiceMetrics(MetricsSource):
 
     def describe(self) -> str:
         return f"/metrics of {', '.join(self.urls)} since the previous read"
+
+    def disjoint_windows(self) -> bool:
+        return True
 
 
 class PrometheusMetrics(MetricsSource):
@@ -99,3 +107,6 @@ class PrometheusMetrics(MetricsSource):
 
     def describe(self) -> str:
         return f"Prometheus at {self.url}, increases over {self.range}"
+
+    def disjoint_windows(self) -> bool:
+        return False

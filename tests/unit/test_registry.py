@@ -380,3 +380,16 @@ def test_an_event_that_breaks_the_rules_is_an_error_naming_its_line(registry):
         fh.write(json.dumps(bad) + "\n")
     with pytest.raises(ValueError, match="m.jsonl:2: not a champion event.*mode must be one of split, shadow"):
         registry.state("m")
+
+
+def test_events_carry_the_callers_details_but_not_over_their_own(registry):
+    a, b = _models(registry, 2)
+    registry.promote("m", a, "first", expected_champion=None, details={"dagster_run_id": "run-1"})
+    event = registry.challenge(
+        "m", b, "shadow", 1.0, "retrained", expected_champion=a, details={"dagster_run_id": "r2"}
+    )
+    assert event.details == {"dagster_run_id": "r2", "mode": "shadow", "share": 1.0, "forced": False}
+    assert [e.details.get("dagster_run_id") for e in registry.history("m")] == ["run-1", "r2"]
+    with pytest.raises(ValueError, match="own"):
+        registry.challenge("m", b, "shadow", 1.0, "again", expected_champion=a, details={"share": 0.5})
+    assert registry.state("m").challenger.tag == b

@@ -1,0 +1,307 @@
+"""The closed loop's decisions as plain policies: when drift asks for a retraining, when a
+challenger's live record promotes or retires it, and when a promoted champion is rolled back.
+
+No Dagster here: the sensors in ``pipeline/sensors.py`` read their inputs (drift rows, the
+prediction log's data time, paired outcomes), call these functions and act on what they return.
+
+- Drift (:func:`drift_trigger`): per feature, one statistic of the champion's live values against
+  its reference (``psi``, ``js`` or ``chi2`` above ``threshold``; ``p_value`` below it), only
+  features with at least ``min_count`` values; at least ``min_features`` of them must cross, and
+  no trigger within ``cooldown`` of the last one, counted in DATA time (the prediction log's
+  prediction times), so that a replay at any speed behaves like real time.
+- Challenger (:func:`challenger_decision`): :mod:`flight_delay.sequential` on the paired per-flight
+  log losses of champion and shadow challenger; promote, retire or continue.
+- Rollback guard (:func:`rollback_decision`): after a promotion the previous champion is scored
+  in shadow, and the same test runs with the roles reversed: the new champion plays the test's
+  "champion" and the previous one its "challenger", so the test's "promote" (previous better by
+  more than ``margin``) means "roll back", and its futility "retire" (previous shown not better by
+  more than ``margin``) means "keep the new champion".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from flight_delay import sequential
+from flight_delay.flights import LOCAL_TZ
+from flight_delay.sequential import Decision, SequentialState, SequentialTestConfig
+
+STATISTICS = ("psi", "js", "chi2", "p_value")  # p_value: drift when it falls BELOW the threshold
+
+
+# -- drift -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DriftPolicy:
+    """When the champion's live feature values have drifted enough to retrain.
+
+    ``statistic``: one of :data:`STATISTICS`; ``threshold``: a feature has drifted when its
+    statistic exceeds it (``p_value``: falls below it); ``min_count``: a feature with fewer live
+    values in the window is not judged; ``features``: the features judged (None: all);
+    ``min_features``: how many must have drifted; ``cooldown``: no trigger sooner than this after
+    the last one, in data time."""
+
+    statistic: str = "psi"
+    threshold: float = 0.2
+    min_count: int = 500
+    features: tuple[str, ...] | None = None
+    min_features: int = 1
+    cooldown: timedelta = timedelta(days=7)
+
+    def __post_init__(self) -> None:
+        if self.statistic not in STATISTICS:
+            raise ValueError(f"statistic must be one of {', '.join(STATISTICS)}; got {self.statistic!r}")
+        if not math.isfinite(self.threshold):
+            raise ValueError(f"threshold must be a finite number; got {self.threshold!r}")
+        if self.min_count < 1 or self.min_features < 1:
+            raise ValueError(
+                f"min_count and min_features must be at least 1; got {self.min_count}, {self.min_features}"
+            )
+        if self.cooldown < timedelta(0):
+            raise ValueError(f"cooldown must not be negative; got {self.cooldown}")
+
+    def crossed(self, value: float) -> bool:
+        """Whether one feature's figure counts as drift (a NaN never does)."""
+        if not math.isfinite(value):
+            return False
+        return value < self.threshold if self.statistic == "p_value" else value > self.threshold
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A retraining asked for by drift: which model drifted, at what data time, on which features,
+    with every figure of each (``figures[feature]``: n, psi, js, chi2, p_value)."""
+
+    model_version: str
+    data_time: datetime
+    statistic: str
+    threshold: float
+    features: tuple[str, ...]
+    figures: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def data_day(self) -> str:
+        return local_day(self.data_time).isoformat()
+
+    @property
+    def run_key(self) -> str:
+        """The same model, data day and features give the same key (Dagster runs it once)."""
+        digest = hashlib.sha1(",".join(sorted(self.features)).encode()).hexdigest()[:12]
+        return f"drift:{self.model_version}:{self.data_day}:{digest}"
+
+    def summary(self) -> str:
+        shown = ", ".join(f"{f} {self.figures[f][self.statistic]:.3f}" for f in self.features[:5])
+        more = f" and {len(self.features) - 5} more" if len(self.features) > 5 else ""
+        return f"{self.statistic} beyond {self.threshold} on {shown}{more} (data day {self.data_day})"
+
+
+def local_day(at: datetime) -> date:
+    """The local (America/New_York) day of a UTC instant: the day partitions are by."""
+    return pd.Timestamp(at).tz_convert(LOCAL_TZ).date()
+
+
+def _field(row: Any, name: str) -> Any:
+    return row[name] if isinstance(row, Mapping) else getattr(row, name)
+
+
+def assess_drift(
+    rows: Iterable[Any],
+    policy: DriftPolicy,
+    data_time: datetime,
+    last_trigger: datetime | None,
+    model_version: str | None = None,
+) -> tuple[Trigger | None, str]:
+    """:func:`drift_trigger`, with the reason when there is none."""
+    if last_trigger is not None and data_time - last_trigger < policy.cooldown:
+        return None, (
+            f"cooling down: the last retraining was triggered at data time {last_trigger.isoformat()}, "
+            f"{data_time - last_trigger} before {data_time.isoformat()}; the cooldown is {policy.cooldown}"
+        )
+    rows = list(rows)
+    models = {_field(r, "model_version") for r in rows}
+    if model_version is None:
+        if len(models) > 1:
+            raise ValueError(f"drift rows of several models {sorted(models)}: say which model_version to judge")
+        model_version = next(iter(models), None)
+    judged = [r for r in rows if _field(r, "model_version") == model_version]
+    if policy.features is not None:
+        judged = [r for r in judged if _field(r, "feature") in policy.features]
+    enough = [r for r in judged if int(_field(r, "n")) >= policy.min_count]
+    if not enough:
+        most = max((int(_field(r, "n")) for r in judged), default=0)
+        return None, f"no feature of {model_version} has {policy.min_count} live values yet (most: {most})"
+
+    def severity(r: Any) -> float:
+        value = float(_field(r, policy.statistic))
+        value = value if math.isfinite(value) else -math.inf
+        return -value if policy.statistic == "p_value" else value
+
+    drifted = sorted(
+        (r for r in enough if policy.crossed(float(_field(r, policy.statistic)))),
+        key=lambda r: (-severity(r), _field(r, "feature")),
+    )
+    if len(drifted) < policy.min_features:
+        top = max(enough, key=severity)
+        return None, (
+            f"{len(drifted)} of {len(enough)} features of {model_version} beyond {policy.statistic} "
+            f"{policy.threshold}, {policy.min_features} needed (nearest: {_field(top, 'feature')} "
+            f"{float(_field(top, policy.statistic)):.4f})"
+        )
+    figures = {
+        _field(r, "feature"): {"n": int(_field(r, "n"))} | {s: float(_field(r, s)) for s in STATISTICS if _has(r, s)}
+        for r in drifted
+    }
+    features = tuple(_field(r, "feature") for r in drifted)
+    trigger = Trigger(str(model_version), data_time, policy.statistic, policy.threshold, features, figures)
+    return trigger, trigger.summary()
+
+
+def _has(row: Any, name: str) -> bool:
+    return name in row if isinstance(row, Mapping) else hasattr(row, name)
+
+
+def drift_trigger(
+    rows: Iterable[Any],
+    policy: DriftPolicy,
+    data_time: datetime,
+    last_trigger: datetime | None,
+    model_version: str | None = None,
+) -> Trigger | None:
+    """A retraining trigger when enough of ``model_version``'s features (rows: ``DriftRow``s or
+    mappings with model_version, feature, n and the statistics) have drifted with enough values
+    behind them and the cooldown since ``last_trigger`` (data time) has passed; else None."""
+    return assess_drift(rows, policy, data_time, last_trigger, model_version)[0]
+
+
+@dataclass(frozen=True)
+class RetrainingWindow:
+    """The training window a drift trigger asks for: evaluation on the last ``evaluation_days``
+    complete local days before the data time, training on the ``train_days`` before those (not
+    before ``first_day``, where the data begin)."""
+
+    train_days: int = 90
+    evaluation_days: int = 14
+    first_day: str = "2013-01-01"
+
+    def dates(self, data_time: datetime) -> dict[str, str]:
+        """``train_start``, ``train_end``, ``evaluation_start``, ``evaluation_end`` (YYYY-MM-DD)."""
+        evaluation_end = local_day(data_time) - timedelta(days=1)
+        evaluation_start = evaluation_end - timedelta(days=self.evaluation_days - 1)
+        train_end = evaluation_start - timedelta(days=1)
+        train_start = max(train_end - timedelta(days=self.train_days - 1), date.fromisoformat(self.first_day))
+        if train_start > train_end:
+            raise ValueError(
+                f"data time {data_time.isoformat()} leaves no training day after {self.first_day} before an "
+                f"evaluation window of {self.evaluation_days} days"
+            )
+        return {
+            "train_start": train_start.isoformat(),
+            "train_end": train_end.isoformat(),
+            "evaluation_start": evaluation_start.isoformat(),
+            "evaluation_end": evaluation_end.isoformat(),
+        }
+
+
+# -- challenger and rollback guard: the sequential test on paired outcomes -------------------
+@dataclass(frozen=True)
+class ChallengerPolicy:
+    """The shadow challenger is promoted once its mean log loss is shown lower than the
+    champion's by more than ``margin``, retired once shown not (or after ``max_samples``); no
+    decision before ``min_samples`` labelled flights; ``alpha``: the test's error bound."""
+
+    margin: float = 0.0
+    min_samples: int = 200
+    max_samples: int = 20_000
+    alpha: float = 0.05
+
+    def test_config(self) -> SequentialTestConfig:
+        return SequentialTestConfig(self.alpha, self.margin, self.min_samples, self.max_samples, futility=True)
+
+
+@dataclass(frozen=True)
+class RollbackPolicy:
+    """The new champion is rolled back once its mean log loss is shown higher than the previous
+    champion's (scored in shadow) by more than ``margin``, with at least ``min_samples`` labelled
+    flights; it is kept once shown not, or after ``max_samples``."""
+
+    margin: float = 0.02
+    min_samples: int = 300
+    alpha: float = 0.05
+    max_samples: int = 20_000
+
+    def test_config(self) -> SequentialTestConfig:
+        return SequentialTestConfig(self.alpha, self.margin, self.min_samples, self.max_samples, futility=True)
+
+
+@dataclass(frozen=True)
+class RollbackDecision:
+    """``mean_excess``, ``lower``, ``upper``: the new champion's mean log loss minus the previous
+    champion's on the same flights, and its always-valid bounds, after ``n`` flights."""
+
+    action: Literal["rollback", "keep", "continue"]
+    reason: str
+    n: int
+    mean_excess: float
+    lower: float
+    upper: float
+
+
+def paired_losses(outcomes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Per-flight log losses (clipped as the test needs) of ``champion_p`` and ``challenger_p``."""
+    missing = [c for c in ("late", "champion_p", "challenger_p") if c not in outcomes]
+    if missing:
+        raise ValueError(f"paired outcomes need the columns late, champion_p, challenger_p; missing {missing}")
+    late = outcomes["late"].astype("int64").to_numpy()
+    return (
+        sequential.log_loss(outcomes["champion_p"].to_numpy(), late),
+        sequential.log_loss(outcomes["challenger_p"].to_numpy(), late),
+    )
+
+
+def _advance(state: SequentialState | None, outcomes: pd.DataFrame, config: SequentialTestConfig) -> SequentialState:
+    state = sequential.start(config, "paired") if state is None else state
+    if state.mode != "paired":
+        raise ValueError(f"expected a paired (shadow) test state, got {state.mode}")
+    return sequential.update(state, *paired_losses(outcomes)) if len(outcomes) else state
+
+
+def challenger_decision(
+    state: SequentialState | None, outcomes: pd.DataFrame, policy: ChallengerPolicy = ChallengerPolicy()
+) -> tuple[SequentialState, Decision]:
+    """The test after the new paired outcomes (champion_p, challenger_p, late; arrival order),
+    from ``state`` (None: a fresh test), and its decision: promote, retire or continue."""
+    config = policy.test_config()
+    state = _advance(state, outcomes, config)
+    return state, sequential.decide(state, config)
+
+
+def rollback_decision(
+    state: SequentialState | None, outcomes: pd.DataFrame, policy: RollbackPolicy = RollbackPolicy()
+) -> tuple[SequentialState, RollbackDecision]:
+    """The guard after the new paired outcomes: ``champion_p`` the new champion's probability,
+    ``challenger_p`` the previous champion's shadow probability. Rolls back when the new
+    champion's loss exceeds the previous one's by more than ``margin`` (always-valid lower bound
+    above it)."""
+    config = policy.test_config()
+    state = _advance(state, outcomes, config)
+    d = sequential.decide(state, config)
+    action = {"promote": "rollback", "retire": "keep", "continue": "continue"}[d.action]
+    figures = f"new champion's mean log-loss excess {d.mean_difference:+.4f}, bounds [{d.lower:+.4f}, {d.upper:+.4f}]"
+    if d.n < config.min_samples:
+        reason = f"waiting for {config.min_samples} labelled flights, {d.n} so far; {figures}"
+    elif action == "rollback":
+        reason = f"new champion worse than the previous by more than {policy.margin} in log loss; {figures}"
+    elif action == "keep" and d.upper <= policy.margin:
+        reason = f"new champion shown not worse than the previous by more than {policy.margin}; {figures}"
+    elif action == "keep":
+        reason = f"not shown worse within {config.max_samples} labelled flights; {figures}"
+    else:
+        reason = f"undecided after {d.n} flights; {figures}"
+    return state, RollbackDecision(action, reason, d.n, d.mean_difference, d.lower, d.upper)

@@ -1,0 +1,322 @@
+"""The closed loop's sensors: drift asks for a retraining, a shadow challenger's live record
+promotes or retires it, and a promoted champion that does worse live than the one it replaced is
+rolled back. Each reads through resources, calls a policy of :mod:`flight_delay.loop`, keeps its
+progress in its cursor (JSON) and requests runs with deterministic run keys.
+
+Default status: the drift sensor starts STOPPED (a retraining takes the machine's cores for
+minutes); the challenger and rollback sensors start RUNNING (they act only once a shadow
+challenger exists). ``FLIGHT_DELAY_LOOP_SENSORS=on`` starts all three RUNNING, ``off`` all three
+STOPPED; the UI switches each one either way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import dagster as dg
+
+from flight_delay.forward import read_reference
+from flight_delay.loop import (
+    ChallengerPolicy,
+    DriftPolicy,
+    RetrainingWindow,
+    RollbackPolicy,
+    Trigger,
+    assess_drift,
+    challenger_decision,
+    rollback_decision,
+)
+from flight_delay.model import MODEL_NAME
+from flight_delay.monitoring import CounterWindow, drift_rows
+from flight_delay.outcomes import latest_data_time, paired_outcomes
+from flight_delay.registry import RegistryState
+from flight_delay.sequential import SequentialState
+from pipeline import jobs
+from pipeline.assets.training import LOOP_TAG_PREFIX
+from pipeline.resources import MetricsSource, ModelRegistryResource, PredictionLogResource
+
+SWITCH = "FLIGHT_DELAY_LOOP_SENSORS"
+TOP_TAGGED = 5  # drifted features whose figures go into run tags (all of them go into the metadata)
+
+
+def default_status(running_unless_switched: bool) -> dg.DefaultSensorStatus:
+    switch = os.environ.get(SWITCH, "").strip().lower()
+    if switch not in ("", "on", "off"):
+        raise ValueError(f"{SWITCH} must be 'on', 'off' or unset; got {switch!r}")
+    running = switch == "on" or (switch == "" and running_unless_switched)
+    return dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
+
+
+# -- drift → retraining ----------------------------------------------------------------------
+@dataclass
+class DriftCursor:
+    """``last_trigger``: data time of the last requested retraining (the cooldown counts from it);
+    ``model``: the champion the pending counts belong to; ``pending``: feature-bin counts read since
+    the current window began (windows of a source whose reads are disjoint are added up until a
+    feature has ``min_count`` values)."""
+
+    last_trigger: str | None = None
+    model: str | None = None
+    pending: list[list[Any]] = field(default_factory=list)  # [feature, bin, count]
+
+    @classmethod
+    def from_json(cls, text: str | None) -> DriftCursor:
+        return cls(**json.loads(text)) if text else cls()
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+
+def trigger_tags(trigger: Trigger) -> dict[str, str]:
+    """Run tags of a drift-requested retraining: what drifted, on which model, at what data time."""
+    tags = {
+        f"{LOOP_TAG_PREFIX}trigger": "drift",
+        f"{LOOP_TAG_PREFIX}model_version": trigger.model_version,
+        f"{LOOP_TAG_PREFIX}data_time": trigger.data_time.isoformat(),
+        f"{LOOP_TAG_PREFIX}drift_rule": f"{trigger.statistic}>{trigger.threshold}"
+        if trigger.statistic != "p_value"
+        else f"p_value<{trigger.threshold}",
+        f"{LOOP_TAG_PREFIX}drifted_features": str(len(trigger.features)),
+    }
+    for feature in trigger.features[:TOP_TAGGED]:
+        f = trigger.figures[feature]
+        tags[f"{LOOP_TAG_PREFIX}drift.{feature}"] = f"{trigger.statistic}={f[trigger.statistic]:.4f} n={f['n']}"
+    return tags
+
+
+def build_drift_retraining_sensor(
+    policy: DriftPolicy = DriftPolicy(),
+    window: RetrainingWindow = RetrainingWindow(),
+    minimum_interval_seconds: int = 300,
+) -> dg.SensorDefinition:
+    """The drift sensor with its policy (thresholds, minimum count, cooldown) and training window."""
+
+    @dg.sensor(
+        name="drift_retraining_sensor",
+        job=jobs.retrain_job,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status(running_unless_switched=False),
+        description=f"Retrain when the champion's features drift: {policy.statistic} beyond {policy.threshold} on "
+        f"{policy.min_features}+ features with {policy.min_count}+ live values, at most once per "
+        f"{policy.cooldown} of data time; trains on the {window.train_days} days before a "
+        f"{window.evaluation_days}-day evaluation ending the day before the data time.",
+    )
+    def drift_retraining_sensor(
+        context: dg.SensorEvaluationContext,
+        drift_metrics_source: MetricsSource,
+        model_registry: ModelRegistryResource,
+        prediction_log_db: PredictionLogResource,
+    ) -> dg.SensorResult:
+        cursor = DriftCursor.from_json(context.cursor)
+        registry = model_registry.registry()
+        champion = registry.champion(MODEL_NAME)
+        if champion is None:
+            return dg.SensorResult(skip_reason="no champion yet: nothing to drift from", cursor=cursor.to_json())
+        data_time = latest_data_time(prediction_log_db.path)
+        if data_time is None:
+            return dg.SensorResult(skip_reason="the prediction log is empty: no data time", cursor=cursor.to_json())
+        read = drift_metrics_source.window()
+        counts: dict[tuple[str, str], float] = {}
+        if cursor.model == champion and drift_metrics_source.disjoint_windows():
+            counts = {(f, b): float(n) for f, b, n in cursor.pending}
+        for (model, feature, b), n in read.feature_bins.items():
+            if model == champion:
+                counts[(feature, b)] = counts.get((feature, b), 0.0) + n
+        bins = {(champion, f, b): n for (f, b), n in counts.items()}
+        rows = drift_rows(CounterWindow(feature_bins=bins), {champion: read_reference(registry.model_dir(champion))})
+        last = datetime.fromisoformat(cursor.last_trigger) if cursor.last_trigger else None
+        trigger, reason = assess_drift(rows, policy, data_time, last, champion)
+        judged = any(r.n >= policy.min_count for r in rows)  # a full window starts a new one
+        pending = [] if judged or not drift_metrics_source.disjoint_windows() else [[*k, n] for k, n in counts.items()]
+        if trigger is None:
+            after = DriftCursor(cursor.last_trigger, champion, sorted(pending))
+            return dg.SensorResult(skip_reason=reason, cursor=after.to_json())
+        after = DriftCursor(data_time.isoformat(), champion, [])
+        context.log.info(f"retraining requested: {reason}")
+        request = dg.RunRequest(
+            run_key=trigger.run_key,
+            run_config={"ops": {"training_set": {"config": window.dates(data_time)}}},
+            tags=trigger_tags(trigger),
+        )
+        return dg.SensorResult(run_requests=[request], cursor=after.to_json())
+
+    return drift_retraining_sensor
+
+
+# -- challenger and rollback guard -------------------------------------------------------------
+@dataclass
+class TestCursor:
+    """The sequential test of one (champion, challenger) pair: its state, the feedback watermark
+    (``since``, unix seconds: outcomes received after it are new) and the decision requested."""
+
+    champion: str
+    challenger: str
+    state: str | None = None
+    since: float | None = None
+    requested: str | None = None
+
+    @classmethod
+    def for_pair(cls, text: str | None, champion: str, challenger: str) -> TestCursor:
+        """The cursor if it is about this pair, else a fresh one (a new pair starts a new test)."""
+        cursor = cls(**json.loads(text)) if text else None
+        if cursor is None or (cursor.champion, cursor.challenger) != (champion, challenger):
+            return cls(champion, challenger)
+        return cursor
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+
+def is_rollback_guard(state: RegistryState) -> bool:
+    """A shadow challenger that was champion before: the replaced champion, scored beside the new
+    one after a promotion (``model_decisions`` starts it)."""
+    c = state.challenger
+    return c is not None and c.mode == "shadow" and c.tag in state.previous_champions
+
+
+def _decision_request(
+    run_key: str, action: str, model_version: str, champion: str, reason: str, figures: dict[str, Any]
+) -> dg.RunRequest:
+    config = {
+        "action": action,
+        "model_version": model_version,
+        "expected_champion": champion,
+        "reason": reason,
+        "figures": json.dumps(figures, sort_keys=True),
+    }
+    return dg.RunRequest(
+        run_key=run_key,
+        run_config={"ops": {"model_decisions": {"config": config}}},
+        tags={f"{LOOP_TAG_PREFIX}decision": action, f"{LOOP_TAG_PREFIX}model_version": model_version},
+    )
+
+
+def _read_pair(
+    context: dg.SensorEvaluationContext, registry_state: RegistryState, log: PredictionLogResource
+) -> tuple[TestCursor, Any]:
+    champion, challenger = registry_state.champion, registry_state.challenger.tag
+    cursor = TestCursor.for_pair(context.cursor, champion, challenger)
+    outcomes = paired_outcomes(log.path, champion, challenger, since=cursor.since)
+    if len(outcomes):
+        cursor.since = float(outcomes["received_at"].max().timestamp())
+    return cursor, outcomes
+
+
+def build_challenger_sensor(
+    policy: ChallengerPolicy = ChallengerPolicy(), minimum_interval_seconds: int = 60
+) -> dg.SensorDefinition:
+    """The challenger sensor with its sequential test's margin, minimum and maximum samples, alpha."""
+
+    @dg.sensor(
+        name="challenger_sensor",
+        job=jobs.decision_job,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status(running_unless_switched=True),
+        description=f"Promote the shadow challenger once its log loss is shown lower than the champion's by more "
+        f"than {policy.margin} (always-valid test at alpha {policy.alpha}, {policy.min_samples}+ labelled flights), "
+        f"retire it once shown not or after {policy.max_samples}.",
+    )
+    def challenger_sensor(
+        context: dg.SensorEvaluationContext,
+        model_registry: ModelRegistryResource,
+        prediction_log_db: PredictionLogResource,
+    ) -> dg.SensorResult:
+        state = model_registry.registry().state(MODEL_NAME)
+        if state.challenger is None or state.challenger.mode != "shadow":
+            return dg.SensorResult(skip_reason="no shadow challenger", cursor=context.cursor)
+        if is_rollback_guard(state):
+            return dg.SensorResult(
+                skip_reason=f"the challenger {state.challenger.tag} is the rollback guard: rollback_sensor judges it",
+                cursor=context.cursor,
+            )
+        cursor, outcomes = _read_pair(context, state, prediction_log_db)
+        if cursor.requested:
+            return dg.SensorResult(skip_reason=f"{cursor.requested} already requested", cursor=cursor.to_json())
+        test, decision = challenger_decision(
+            SequentialState.from_json(cursor.state) if cursor.state else None, outcomes, policy
+        )
+        cursor.state = test.to_json()
+        if decision.action == "continue":
+            return dg.SensorResult(skip_reason=decision.reason, cursor=cursor.to_json())
+        cursor.requested = decision.action
+        figures = {
+            "n": decision.n,
+            "mean_difference": decision.mean_difference,
+            "lower": decision.lower,
+            "upper": decision.upper,
+            "margin": policy.margin,
+            "alpha": policy.alpha,
+        }
+        request = _decision_request(
+            f"challenger:{cursor.champion}:{cursor.challenger}:{decision.action}",
+            decision.action,
+            cursor.challenger,
+            cursor.champion,
+            decision.reason,
+            figures,
+        )
+        return dg.SensorResult(run_requests=[request], cursor=cursor.to_json())
+
+    return challenger_sensor
+
+
+def build_rollback_sensor(
+    policy: RollbackPolicy = RollbackPolicy(), minimum_interval_seconds: int = 30
+) -> dg.SensorDefinition:
+    """The rollback sensor with its margin, minimum samples and alpha."""
+
+    @dg.sensor(
+        name="rollback_sensor",
+        job=jobs.decision_job,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status(running_unless_switched=True),
+        description=f"After a promotion, roll back once the new champion's log loss is shown higher than the "
+        f"replaced champion's (scored in shadow) by more than {policy.margin} (always-valid test at alpha "
+        f"{policy.alpha}, {policy.min_samples}+ labelled flights); keep it once shown not.",
+    )
+    def rollback_sensor(
+        context: dg.SensorEvaluationContext,
+        model_registry: ModelRegistryResource,
+        prediction_log_db: PredictionLogResource,
+    ) -> dg.SensorResult:
+        state = model_registry.registry().state(MODEL_NAME)
+        if not is_rollback_guard(state):
+            return dg.SensorResult(skip_reason="no promotion under guard", cursor=context.cursor)
+        cursor, outcomes = _read_pair(context, state, prediction_log_db)
+        if cursor.requested:
+            return dg.SensorResult(skip_reason=f"{cursor.requested} already requested", cursor=cursor.to_json())
+        test, decision = rollback_decision(
+            SequentialState.from_json(cursor.state) if cursor.state else None, outcomes, policy
+        )
+        cursor.state = test.to_json()
+        if decision.action == "continue":
+            return dg.SensorResult(skip_reason=decision.reason, cursor=cursor.to_json())
+        cursor.requested = decision.action
+        figures = {
+            "n": decision.n,
+            "mean_excess": decision.mean_excess,
+            "lower": decision.lower,
+            "upper": decision.upper,
+            "margin": policy.margin,
+            "alpha": policy.alpha,
+        }
+        request = _decision_request(
+            f"rollback-guard:{cursor.champion}:{cursor.challenger}:{decision.action}",
+            decision.action,
+            cursor.challenger,
+            cursor.champion,
+            decision.reason,
+            figures,
+        )
+        return dg.SensorResult(run_requests=[request], cursor=cursor.to_json())
+
+    return rollback_sensor
+
+
+def loop_sensors() -> list[dg.SensorDefinition]:
+    """The three sensors with their stated defaults (``flight_delay.loop``'s policies)."""
+    return [build_drift_retraining_sensor(), build_challenger_sensor(), build_rollback_sensor()]
