@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -206,6 +207,44 @@ def _read_pair(
     return cursor, outcomes
 
 
+def _judge(
+    context: dg.SensorEvaluationContext,
+    state: RegistryState,
+    log: PredictionLogResource,
+    kind: str,
+    decide: Callable[[SequentialState | None, Any, Any], tuple[SequentialState, Any]],
+    policy: ChallengerPolicy | RollbackPolicy,
+) -> dg.SensorResult:
+    """The champion/challenger pair's test after the outcomes that came since the cursor; a
+    decision run (once per pair and action) when the test decides. ``kind`` names the run key."""
+    cursor, outcomes = _read_pair(context, state, log)
+    if cursor.requested:
+        return dg.SensorResult(skip_reason=f"{cursor.requested} already requested", cursor=cursor.to_json())
+    test, decision = decide(SequentialState.from_json(cursor.state) if cursor.state else None, outcomes, policy)
+    cursor.state = test.to_json()
+    if decision.action == "continue":
+        return dg.SensorResult(skip_reason=decision.reason, cursor=cursor.to_json())
+    cursor.requested = decision.action
+    difference = "mean_difference" if hasattr(decision, "mean_difference") else "mean_excess"
+    figures = {
+        "n": decision.n,
+        difference: getattr(decision, difference),
+        "lower": decision.lower,
+        "upper": decision.upper,
+        "margin": policy.margin,
+        "alpha": policy.alpha,
+    }
+    request = _decision_request(
+        f"{kind}:{cursor.champion}:{cursor.challenger}:{decision.action}",
+        decision.action,
+        cursor.challenger,
+        cursor.champion,
+        decision.reason,
+        figures,
+    )
+    return dg.SensorResult(run_requests=[request], cursor=cursor.to_json())
+
+
 def build_challenger_sensor(
     policy: ChallengerPolicy = ChallengerPolicy(), minimum_interval_seconds: int = 60
 ) -> dg.SensorDefinition:
@@ -233,33 +272,7 @@ def build_challenger_sensor(
                 skip_reason=f"the challenger {state.challenger.tag} is the rollback guard: rollback_sensor judges it",
                 cursor=context.cursor,
             )
-        cursor, outcomes = _read_pair(context, state, prediction_log_db)
-        if cursor.requested:
-            return dg.SensorResult(skip_reason=f"{cursor.requested} already requested", cursor=cursor.to_json())
-        test, decision = challenger_decision(
-            SequentialState.from_json(cursor.state) if cursor.state else None, outcomes, policy
-        )
-        cursor.state = test.to_json()
-        if decision.action == "continue":
-            return dg.SensorResult(skip_reason=decision.reason, cursor=cursor.to_json())
-        cursor.requested = decision.action
-        figures = {
-            "n": decision.n,
-            "mean_difference": decision.mean_difference,
-            "lower": decision.lower,
-            "upper": decision.upper,
-            "margin": policy.margin,
-            "alpha": policy.alpha,
-        }
-        request = _decision_request(
-            f"challenger:{cursor.champion}:{cursor.challenger}:{decision.action}",
-            decision.action,
-            cursor.challenger,
-            cursor.champion,
-            decision.reason,
-            figures,
-        )
-        return dg.SensorResult(run_requests=[request], cursor=cursor.to_json())
+        return _judge(context, state, prediction_log_db, "challenger", challenger_decision, policy)
 
     return challenger_sensor
 
@@ -286,33 +299,7 @@ def build_rollback_sensor(
         state = model_registry.registry().state(MODEL_NAME)
         if not is_rollback_guard(state):
             return dg.SensorResult(skip_reason="no promotion under guard", cursor=context.cursor)
-        cursor, outcomes = _read_pair(context, state, prediction_log_db)
-        if cursor.requested:
-            return dg.SensorResult(skip_reason=f"{cursor.requested} already requested", cursor=cursor.to_json())
-        test, decision = rollback_decision(
-            SequentialState.from_json(cursor.state) if cursor.state else None, outcomes, policy
-        )
-        cursor.state = test.to_json()
-        if decision.action == "continue":
-            return dg.SensorResult(skip_reason=decision.reason, cursor=cursor.to_json())
-        cursor.requested = decision.action
-        figures = {
-            "n": decision.n,
-            "mean_excess": decision.mean_excess,
-            "lower": decision.lower,
-            "upper": decision.upper,
-            "margin": policy.margin,
-            "alpha": policy.alpha,
-        }
-        request = _decision_request(
-            f"rollback-guard:{cursor.champion}:{cursor.challenger}:{decision.action}",
-            decision.action,
-            cursor.challenger,
-            cursor.champion,
-            decision.reason,
-            figures,
-        )
-        return dg.SensorResult(run_requests=[request], cursor=cursor.to_json())
+        return _judge(context, state, prediction_log_db, "rollback-guard", rollback_decision, policy)
 
     return rollback_sensor
 

