@@ -134,6 +134,8 @@ def test_feedback_by_request_id_and_by_flight_key(http, served: ServiceProcess, 
         "late": True,
         "log_loss": pytest.approx(log_loss),
         "brier": pytest.approx(brier),
+        "shadow_model_version": None,  # no shadow challenger was scored beside it
+        "shadow_probability": None,
     }
 
     # By flight key: the latest prediction of that flight answers.
