@@ -34,7 +34,16 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 CHROMIUM = Path("/usr/bin/chromium")
 LOCATION = "pipeline.definitions:defs"
 
-GROUPS = {"ingestion", "validated", "feature_tables", "feature_store", "training", "packaging", "monitoring"}
+GROUPS = {
+    "ingestion",
+    "validated",
+    "feature_tables",
+    "feature_store",
+    "training",
+    "packaging",
+    "monitoring",
+    "model_lifecycle",
+}
 # A sample of every group; the GraphQL test checks the full list against these.
 EXPECTED_ASSETS = {
     "raw_flights": "ingestion",
@@ -45,6 +54,8 @@ EXPECTED_ASSETS = {
     "model_promotion": "training",
     "feature_registry": "feature_store",
     "online_features": "feature_store",
+    "model_monitoring": "monitoring",
+    "model_decisions": "model_lifecycle",
 }
 RAW_FLIGHTS_DESCRIPTION = "Scheduled departures from EWR, JFK and LGA"
 
