@@ -492,8 +492,17 @@ def read_log(
     return _typed(frame, names)
 
 
-def _typed(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+def utc_from_unix(seconds: pd.Series) -> pd.Series:
+    """Unix seconds (float, None for missing) as UTC timestamps to the microsecond. Through whole
+    microseconds: pandas' float path with missing values rounds uninitialised memory under
+    ``errstate(over="raise")`` and can fail at random ("overflow encountered in multiply")."""
     import pandas as pd
+
+    micros = (seconds.astype("float64") * 1e6).round().astype("Int64")
+    return pd.to_datetime(micros, unit="us", utc=True).astype("datetime64[ns, UTC]")
+
+
+def _typed(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
 
     frame["request_id"] = frame["request_id"].astype(object)
     for column in ("flight_key", "model_version", "variant", "shadow_model_version"):
@@ -504,7 +513,7 @@ def _typed(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
     frame["late"] = frame["late"].astype("Int64").astype("boolean")
     for column in ("predicted_at", "prediction_time", "feedback_at"):
         # Unix seconds as a double are good to the microsecond: no spurious nanoseconds.
-        frame[column] = pd.to_datetime(frame[column].astype("float64"), unit="s", utc=True).dt.round("us")
+        frame[column] = utc_from_unix(frame[column])
     return frame[[*PREDICTION_COLUMNS, *features, *FEEDBACK_COLUMNS]].reset_index(drop=True)
 
 
@@ -556,7 +565,7 @@ def _outcomes(
     frame = pd.DataFrame.from_records(rows, columns=list(columns))
     frame["request_id"] = frame["request_id"].astype(object)
     for column in ("prediction_time", "received_at"):
-        frame[column] = pd.to_datetime(frame[column].astype("float64"), unit="s", utc=True).dt.round("us")
+        frame[column] = utc_from_unix(frame[column])
     frame["late"] = frame["late"].astype("int64").astype(bool)
     for column in columns[4:]:
         frame[column] = frame[column].astype("float64" if column in _PROBABILITIES else object)
