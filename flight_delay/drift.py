@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_right
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -88,9 +89,9 @@ class Binning:
             return bin_counts(self.edges, values)
         known = self._known
         out: dict[str, int] = {}
-        for v in values:
+        for v, n in Counter(values).items():  # a few distinct values among many
             b = MISSING if v is None or v == "" else (v if v in known else OTHER)
-            out[b] = out.get(b, 0) + 1
+            out[b] = out.get(b, 0) + n
         return out
 
     def to_json(self) -> dict[str, Any]:

@@ -59,6 +59,12 @@ POLL_SECONDS = 0.02  # how often feedback looks again for a prediction another w
 DAY_SECONDS = 86_400.0
 
 
+# What :meth:`PredictionLogWriter.predicted_many` takes per prediction: request id, flight key,
+# model version, variant, probability, features, prediction time (unix seconds or None), shadow
+# model version and shadow probability (both None without a shadow figure).
+Prediction = tuple[str, str, str, str, float, dict[str, Any], float | None, str | None, float | None]
+
+
 class LogUnavailable(RuntimeError):
     """The prediction log cannot take the record now (the service answers 503): it is failing and
     its backlog is full, its writer has stopped, or it is closed. The message says which."""
@@ -182,38 +188,74 @@ class PredictionLogWriter:
         shadow challenger's version and probability for the same flight, when one was scored).
         Raises ``ValueError`` for a probability or time that is not a finite number, and
         :class:`LogUnavailable` when the log cannot take it: the prediction must not be served."""
-        if not math.isfinite(probability):
-            raise ValueError(f"probability of prediction {request_id}: expected a finite number, got {probability!r}")
-        if (shadow_model_version is None) != (shadow_probability is None) or not (
-            shadow_probability is None or math.isfinite(shadow_probability)
-        ):
-            raise ValueError(
-                f"shadow of prediction {request_id}: expected a model version and a finite probability, or "
-                f"neither; got {shadow_model_version!r}, {shadow_probability!r}"
+        self.predicted_many(
+            [
+                (
+                    request_id,
+                    flight_key,
+                    model_version,
+                    variant,
+                    probability,
+                    features,
+                    prediction_time,
+                    shadow_model_version,
+                    shadow_probability,
+                )
+            ]
+        )
+
+    def predicted_many(self, predictions: list[Prediction]) -> None:
+        """Queue a call's predictions at once, each as :meth:`predicted` takes it, in its order:
+        all of them or, when one is invalid or the log cannot take them, none."""
+        now = self.clock()
+        rows = []
+        for request_id, key, version, variant, probability, features, at, shadow_version, shadow_p in predictions:
+            if not math.isfinite(probability):
+                raise ValueError(
+                    f"probability of prediction {request_id}: expected a finite number, got {probability!r}"
+                )
+            if (shadow_version is None) != (shadow_p is None) or not (shadow_p is None or math.isfinite(shadow_p)):
+                raise ValueError(
+                    f"shadow of prediction {request_id}: expected a model version and a finite probability, or "
+                    f"neither; got {shadow_version!r}, {shadow_p!r}"
+                )
+            if at is not None and not math.isfinite(at):
+                raise ValueError(f"prediction_time of prediction {request_id}: expected unix seconds, got {at!r}")
+            # Serialized by the writer thread, off the request path.
+            rows.append(
+                (
+                    "predictions",
+                    (
+                        request_id,
+                        now,
+                        key,
+                        version,
+                        variant,
+                        float(probability),
+                        features,
+                        at,
+                        shadow_version,
+                        None if shadow_p is None else float(shadow_p),
+                    ),
+                )
             )
-        if prediction_time is not None and not math.isfinite(prediction_time):
-            raise ValueError(
-                f"prediction_time of prediction {request_id}: expected unix seconds, got {prediction_time!r}"
-            )
-        # Serialized by the writer thread, off the request path.
-        row = (request_id, self.clock(), flight_key, model_version, variant, float(probability))
-        shadow = (shadow_model_version, None if shadow_probability is None else float(shadow_probability))
-        self._accept("predictions", (*row, features, prediction_time, *shadow))
+        self._accept(rows)
 
     def feedback(self, request_id: str, flight_key: str, delay: float, late: bool) -> None:
         """Queue an outcome for a logged prediction; it is kept only if the prediction has none
         (the first outcome stands). :meth:`record_feedback` says which, synchronously."""
         if not math.isfinite(delay):
             raise ValueError(f"departure delay of {request_id}: expected a finite number of minutes, got {delay!r}")
-        self._accept("feedback", (request_id, self.clock(), flight_key, float(delay), int(late)))
+        self._accept([("feedback", (request_id, self.clock(), flight_key, float(delay), int(late)))])
 
-    def _accept(self, table: str, row: tuple[Any, ...]) -> None:
+    def _accept(self, records: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """Queue ``(table, row)`` records, all or none."""
         with self._state:
             refusal = self._refusal()
             if refusal is not None:
                 raise LogUnavailable(refusal)
-            self._queue.append((table, row))
-            self._accepted += 1
+            self._queue.extend(records)
+            self._accepted += len(records)
 
     def _refusal(self) -> str | None:
         """Why a record would be refused now (the caller holds ``_state``), or None."""

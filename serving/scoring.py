@@ -180,27 +180,50 @@ class Scorer:
             self.telemetry.stages(endpoint, t1 - t0, t2 - t1)
         features: list[dict] = [{}] * len(flights)
         for variant, members, inputs, scores in scored:
-            for j, i in enumerate(members):
-                features[i] = {c: col[j] for c, col in inputs.items()}
+            names = list(inputs)
+            for i, values in zip(members, zip(*inputs.values())):
+                features[i] = dict(zip(names, values))
             unknown = (rows.unknown[i] for i in members)
             self.telemetry.predictions(
                 variant.tag, variant.name, scores, inputs, variant.model.reference, unknown, counts
             )
         self.telemetry.online_reads(rows.reads, rows.future, counts)
-        self.telemetry.ages(rows.ages, counts)
+        self.telemetry.ages(rows.ages)
         self.telemetry.tally.add(counts)
         shadow_tag = shadow.tag if shadow is not None else None
+        ids = [f"{self._id_prefix}{next(self._ids):016x}" for _ in flights]
+        try:
+            self.log.predicted_many(
+                [
+                    (
+                        ids[i],
+                        keys[i],
+                        assigned[i].tag,
+                        assigned[i].name,
+                        probabilities[i],
+                        features[i],
+                        rows.times[i],
+                        shadow_tag if shadow_scores[i] is not None else None,
+                        shadow_scores[i],
+                    )
+                    for i in range(len(flights))
+                ]
+            )
+        except LogUnavailable as exc:  # a prediction the log cannot keep is not served
+            raise ServiceError(str(exc), HTTPStatus.SERVICE_UNAVAILABLE) from exc
+        # Built from values the service made itself: validating them again buys nothing.
+        threshold, construct = self.threshold, Prediction.model_construct
         return [
-            self._respond(
-                keys[i],
-                assigned[i],
-                probabilities[i],
-                features[i],
-                rows.ages[i],
-                rows.unknown[i],
-                rows.times[i],
-                shadow_tag if shadow_scores[i] is not None else None,
-                shadow_scores[i],
+            construct(
+                request_id=ids[i],
+                flight_key=keys[i],
+                probability=probabilities[i],
+                delayed=probabilities[i] >= threshold,
+                threshold=threshold,
+                model_version=assigned[i].tag,
+                variant=assigned[i].name,
+                feature_age_seconds=rows.ages[i],
+                unknown=rows.unknown[i],
             )
             for i in range(len(flights))
         ]
@@ -243,46 +266,6 @@ class Scorer:
                 why,
                 SHADOW_WARN_SECONDS,
             )
-
-    def _respond(
-        self,
-        key: str,
-        variant: Variant,
-        p: float,
-        features: dict,
-        ages: dict,
-        unknown: list[str],
-        at: float,
-        shadow_tag: str | None,
-        shadow_p: float | None,
-    ) -> Prediction:
-        request_id = f"{self._id_prefix}{next(self._ids):016x}"
-        try:
-            self.log.predicted(
-                request_id,
-                key,
-                variant.tag,
-                variant.name,
-                p,
-                features,
-                prediction_time=at,
-                shadow_model_version=shadow_tag,
-                shadow_probability=shadow_p,
-            )
-        except LogUnavailable as exc:  # a prediction the log cannot keep is not served
-            raise ServiceError(str(exc), HTTPStatus.SERVICE_UNAVAILABLE) from exc
-        # Built from values the service made itself: validating them again buys nothing.
-        return Prediction.model_construct(
-            request_id=request_id,
-            flight_key=key,
-            probability=p,
-            delayed=p >= self.threshold,
-            threshold=self.threshold,
-            model_version=variant.tag,
-            variant=variant.name,
-            feature_age_seconds=ages,
-            unknown=unknown,
-        )
 
     async def feedback(
         self, request_id: str | None, flight_key: str | None, delay_minutes: float, wait_seconds: float

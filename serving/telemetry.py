@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import threading
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import bentoml
+import numpy as np
 
 from flight_delay.drift import SCORE_EDGES, SCORE_FEATURE, Reference
 
@@ -165,6 +166,7 @@ FEATURE_AGE = _counter(
 )
 AGE_LABELS = (*(str(b) for b in FEATURE_AGE_BUCKETS), "+Inf")
 _AGE_BIN = object()  # the tally's key for an age's bucket index (see CounterTally.flush)
+_SCORED, _AGES = "scored", "ages"  # kinds of deferred records (see Telemetry._expand)
 WORKER_MEMORY = _gauge("worker_resident_bytes", "Resident memory of each worker process.", "liveall")
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -178,20 +180,49 @@ TALLY_SECONDS = 1.0  # how often summed counter increments reach Prometheus
 Counts = Counter[tuple[Any, tuple[str, ...]]]
 
 
-class CounterTally:
-    """Counter increments summed in memory and applied to Prometheus by a thread every
-    ``interval`` seconds (and on ``close``).
+def observe_many(child: Any, values: Sequence[float]) -> None:
+    """``child.observe(v)`` for every value of ``values``, in one write per bucket.
 
-    A prediction moves dozens of counter series (a monitoring bin per feature, the unknown
-    entities, the prediction count); each Prometheus increment costs a label lookup and a write to
-    the multiprocess file, more than the prediction itself. Summing first makes it one dict update
-    per series on the request path and one increment per series and interval. Scrapes see the
-    counts at most ``interval`` late.
+    A prometheus_client histogram child keeps one (multiprocess) value per bucket, not
+    cumulative, plus the sum, and ``observe`` adds 1 to the first bucket whose upper bound is at
+    least the value. Counting the values per bucket first gives the same samples at one write per
+    bucket instead of two per value (tests/unit/test_counter_tally.py compares the two). Any other
+    kind of metric is observed value by value."""
+    bounds = getattr(child, "_upper_bounds", None)
+    if bounds is None:
+        for v in values:
+            child.observe(v)
+        return
+    amounts = np.asarray(values, dtype="float64")
+    per_bucket = np.bincount(np.searchsorted(bounds, amounts, side="left"), minlength=len(bounds))
+    child._sum.inc(float(amounts.sum()))
+    for bucket, n in zip(child._buckets, per_bucket.tolist()):
+        if n:
+            bucket.inc(n)
+
+
+class CounterTally:
+    """Counter increments and histogram observations gathered in memory and applied to
+    Prometheus by a thread every ``interval`` seconds (and on ``close``).
+
+    A prediction moves dozens of series (a monitoring bin per feature, the score, the feature
+    ages, the stage times); each Prometheus update costs a label lookup and a write to the
+    multiprocess file, more than the prediction itself. The request path only appends what it
+    saw (:meth:`add`, :meth:`observe`, :meth:`defer`); the thread sums it, bins deferred records
+    with numpy over every call of the interval at once (``expand``), and makes one update per
+    series. Scrapes see the figures at most ``interval`` late.
     """
 
-    def __init__(self, interval: float = TALLY_SECONDS) -> None:
+    def __init__(
+        self,
+        interval: float = TALLY_SECONDS,
+        expand: Callable[[list[Any], Counts, dict[Any, list[float]]], None] | None = None,
+    ) -> None:
         self.interval = interval
+        self._expand = expand  # turns deferred records into counts and observations, on the thread
         self._counts: Counts = Counter()
+        self._observed: dict[Any, list[float]] = {}
+        self._records: list[Any] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="metrics-tally", daemon=True)
@@ -202,9 +233,27 @@ class CounterTally:
         with self._lock:
             self._counts.update(items)
 
+    def observe(self, child: Any, value: float) -> None:
+        """``child.observe(value)`` at the next flush."""
+        with self._lock:
+            observed = self._observed.get(child)
+            if observed is None:
+                self._observed[child] = [value]
+            else:
+                observed.append(value)
+
+    def defer(self, record: Any) -> None:
+        """Keep ``record`` for ``expand`` at the next flush (it must not change meanwhile)."""
+        with self._lock:
+            self._records.append(record)
+
     def flush(self) -> None:
         with self._lock:
             counts, self._counts = self._counts, Counter()
+            observed, self._observed = self._observed, {}
+            records, self._records = self._records, []
+        if records and self._expand is not None:
+            self._expand(records, counts, observed)
         ages: dict[str, list[int]] = {}
         for (metric, labels), amount in counts.items():
             if metric is _AGE_BIN:  # a bucket index, made cumulative below
@@ -218,6 +267,8 @@ class CounterTally:
                 running += n
                 if running:
                     FEATURE_AGE.labels(view, le).inc(running)
+        for child, values in observed.items():
+            observe_many(child, values)
         WORKER_MEMORY.set(_resident_bytes())
 
     def _run(self) -> None:
@@ -232,10 +283,11 @@ class CounterTally:
 
 class Telemetry:
     """One worker's metric updates: each series looked up once (``labels()`` validates and locks
-    on every call), counters summed by a :class:`CounterTally`."""
+    on every call); the request path hands counts, observations and per-call records to a
+    :class:`CounterTally`, whose thread bins and applies them."""
 
     def __init__(self) -> None:
-        self.tally = CounterTally()
+        self.tally = CounterTally(expand=self._expand)
         self._series: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
     def series(self, metric: Any, *labels: str) -> Any:
@@ -246,17 +298,17 @@ class Telemetry:
         return child
 
     def request(self, endpoint: str, outcome: str, seconds: float | None = None) -> None:
-        self.series(REQUESTS, endpoint, outcome).inc()
+        self.tally.add({(REQUESTS, (endpoint, outcome)): 1})
         if seconds is not None:
-            self.series(REQUEST_LATENCY, endpoint).observe(seconds)
+            self.tally.observe(self.series(REQUEST_LATENCY, endpoint), seconds)
 
     def stages(
         self, endpoint: str, lookup_seconds: float, inference_seconds: float, shadow_seconds: float | None = None
     ) -> None:
-        self.series(STAGE_LATENCY, "feature_lookup", endpoint).observe(lookup_seconds)
-        self.series(STAGE_LATENCY, "inference", endpoint).observe(inference_seconds)
+        self.tally.observe(self.series(STAGE_LATENCY, "feature_lookup", endpoint), lookup_seconds)
+        self.tally.observe(self.series(STAGE_LATENCY, "inference", endpoint), inference_seconds)
         if shadow_seconds is not None:
-            self.series(STAGE_LATENCY, "shadow", endpoint).observe(shadow_seconds)
+            self.tally.observe(self.series(STAGE_LATENCY, "shadow", endpoint), shadow_seconds)
 
     def shadow_errors(self, tag: str, flights: int, counts: Counts) -> None:
         counts[(SHADOW_ERRORS, (tag,))] += flights
@@ -277,28 +329,51 @@ class Telemetry:
         unknown: Iterable[Sequence[str]],
         counts: Counts,
     ) -> None:
-        """One variant's share of a call: counters summed into ``counts``, scores observed."""
+        """One variant's share of a call: predictions and unknown entities counted into
+        ``counts``; the scores and input columns (not copied: the caller must not change them)
+        binned later, on the tally's thread."""
         counts[(PREDICTIONS, (tag, variant))] += len(scores)
-        for feature, binning in reference.binnings.items():
-            values = scores if feature == SCORE_FEATURE else inputs.get(feature)
-            if values is None:
-                continue
-            for b, n in binning.count(values).items():
-                counts[(FEATURE_BIN, (feature, b, tag, variant))] += n
         for row in unknown:
             for entity in row:
                 counts[(UNKNOWN, (entity, tag, variant))] += 1
-        score = self.series(SCORE, tag, variant)
-        for p in scores:
-            score.observe(p)
+        self.tally.defer((_SCORED, tag, variant, reference, scores, inputs))
 
-    def ages(self, ages: Iterable[dict[str, float | None]], counts: Counts) -> None:
-        """Each served value's age, into the cumulative buckets of FEATURE_AGE (a missing value and
-        a value from after the prediction time have no age to count)."""
-        for row in ages:
-            for view, age in row.items():
-                if age is not None and age >= 0:
-                    counts[(_AGE_BIN, (view, bisect_left(FEATURE_AGE_BUCKETS, age)))] += 1
+    def ages(self, ages: list[dict[str, float | None]]) -> None:
+        """Each served value's age, counted later into the cumulative buckets of FEATURE_AGE (a
+        missing value and a value from after the prediction time have no age to count)."""
+        self.tally.defer((_AGES, ages))
+
+    def _expand(self, records: list[Any], counts: Counts, observed: dict[Any, list[float]]) -> None:
+        """The tally thread's half of :meth:`predictions` and :meth:`ages`: every call of the
+        interval binned at once, per model and variant."""
+        scored: dict[tuple[str, str], tuple[Reference, list[float], dict[str, list[Any]]]] = {}
+        ages: dict[str, list[float]] = {}
+        for record in records:
+            if record[0] is _AGES:
+                for row in record[1]:
+                    for view, age in row.items():
+                        if age is not None and age >= 0:
+                            ages.setdefault(view, []).append(age)
+                continue
+            _, tag, variant, reference, scores, inputs = record
+            _, all_scores, columns = scored.setdefault((tag, variant), (reference, [], {}))
+            all_scores.extend(scores)
+            for feature in reference.binnings:
+                values = inputs.get(feature)
+                if values is not None:
+                    columns.setdefault(feature, []).extend(values)
+        for (tag, variant), (reference, all_scores, columns) in scored.items():
+            for feature, binning in reference.binnings.items():
+                values = all_scores if feature == SCORE_FEATURE else columns.get(feature)
+                if not values:
+                    continue
+                for b, n in binning.count(values).items():
+                    counts[(FEATURE_BIN, (feature, b, tag, variant))] += n
+            observed.setdefault(self.series(SCORE, tag, variant), []).extend(all_scores)
+        for view, values in ages.items():
+            index, n = np.unique(np.searchsorted(FEATURE_AGE_BUCKETS, values, side="left"), return_counts=True)
+            for i, c in zip(index.tolist(), n.tolist()):
+                counts[(_AGE_BIN, (view, i))] += c
 
     def feedback(
         self, tag: str, variant: str, probability: float, late: bool, hit: bool, log_loss: float, brier: float

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections import Counter
 
-from prometheus_client import CollectorRegistry
+import pytest
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 from prometheus_client import Counter as PromCounter
 
-from serving.telemetry import CounterTally
+from flight_delay.drift import SCORE_FEATURE, Binning, Reference
+from serving.telemetry import CounterTally, Telemetry, observe_many
 
 
 def test_increments_reach_prometheus_on_flush_and_close():
@@ -29,8 +33,6 @@ def test_increments_reach_prometheus_on_flush_and_close():
 
 
 def test_the_thread_flushes_on_its_interval():
-    import time
-
     registry = CollectorRegistry()
     requests = PromCounter("tally_test_periodic", "test", ["variant"], registry=registry)
     tally = CounterTally(interval=0.05)
@@ -42,3 +44,77 @@ def test_the_thread_flushes_on_its_interval():
             time.sleep(0.01)
     finally:
         tally.close()
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [0.0, 0.05, 0.0500001, 0.1, 0.99, 1.0, 7.0],  # on a bound goes in that bucket, as observe does
+        [-1.0, 0.2, 0.2, 0.2, math.inf],  # below the first bound, repeats, past the last
+        [],
+    ],
+)
+def test_observe_many_gives_the_samples_of_observing_one_value_at_a_time(values):
+    registry = CollectorRegistry()
+    buckets = (0.05, 0.1, 0.5, 1.0)
+    one = Histogram("tally_one", "test", ["v"], buckets=buckets, registry=registry).labels("x")
+    many = Histogram("tally_many", "test", ["v"], buckets=buckets, registry=registry).labels("x")
+    for v in values:
+        one.observe(v)
+    observe_many(many, values)
+
+    def samples(name: str) -> list[tuple[str, dict, float]]:
+        return [
+            (s.name.removeprefix(name), s.labels, s.value)
+            for family in registry.collect()
+            for s in family.samples
+            if s.name.startswith(name) and not s.name.endswith("_created")
+        ]
+
+    assert samples("tally_many") == samples("tally_one")
+
+
+def test_deferred_predictions_are_binned_at_the_flush_as_each_call_alone_would_be():
+    """Calls binned together at the flush count what binning each call on its own counts."""
+    reference = Reference(
+        {
+            "temp": Binning("temp", edges=(10.0, 20.0)),
+            "carrier": Binning("carrier", categories=("UA", "DL")),
+            SCORE_FEATURE: Binning(SCORE_FEATURE, edges=(0.5,)),
+        },
+        {},
+    )
+    calls = [
+        ([0.2, 0.7], {"temp": [5.0, 15.0], "carrier": ["UA", "AA"]}),
+        ([0.5], {"temp": [math.nan], "carrier": [""]}),
+        ([0.9, 0.1, 0.3], {"temp": [25.0, 20.0, 10.0], "carrier": ["DL", "DL", "UA"]}),
+    ]
+    expected: Counter = Counter()
+    for scores, inputs in calls:
+        for feature, binning in reference.binnings.items():
+            values = scores if feature == SCORE_FEATURE else inputs[feature]
+            for b, n in binning.count(values).items():
+                expected[(feature, b)] += n
+    telemetry = Telemetry()
+    tag = f"flight_delay:tally{time.monotonic_ns()}"  # series of its own in the process registry
+    try:
+        for scores, inputs in calls:
+            counts: Counter = Counter()
+            telemetry.predictions(tag, "champion", scores, inputs, reference, [[] for _ in scores], counts)
+            telemetry.tally.add(counts)
+        telemetry.tally.flush()
+    finally:
+        telemetry.close()
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, {"model_version": tag, "variant": "champion", **labels}) or 0.0
+
+    counted = {
+        (feature, b): sample("flight_delay_feature_value_total", feature=feature, bin=b)
+        for feature, binning in reference.binnings.items()
+        for b in binning.labels
+    }
+    assert {k: v for k, v in counted.items() if v} == expected
+    assert sample("flight_delay_predictions_total") == 6
+    assert sample("flight_delay_prediction_score_count") == 6
+    assert sample("flight_delay_prediction_score_bucket", le="0.5") == 4  # 0.1, 0.2, 0.3 and 0.5
