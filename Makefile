@@ -14,7 +14,7 @@ DAGSTER := $(UV) run --frozen dagster
 # Alertmanager with amtool (the rules, alerts and dashboards' queries).
 SYSTEM_PACKAGES := chromium redis-server openssl prometheus prometheus-alertmanager
 
-.PHONY: help setup system-deps demo evaluate materialize lint test ui serve bench bench-interference drift-scenario rollback monitor clean
+.PHONY: help setup system-deps demo evaluate materialize lint test ui serve bench bench-interference drift-scenario replay rollback monitor clean
 
 help:
 	@echo "make demo      set up, then materialize the whole graph on January-March 2013"
@@ -23,6 +23,7 @@ help:
 	@echo "make ui        the Dagster UI on http://127.0.0.1:3030"
 	@echo "make serve     the prediction service on http://127.0.0.1:3000 (after make demo)"
 	@echo "make bench     latency and throughput of the service, beside its floor and a naive baseline"
+	@echo "make replay    March-December 2013 through the service and the loop's sensors (static vs monthly vs loop)"
 	@echo "make monitor   Prometheus (http://127.0.0.1:19090) and Alertmanager (:19093) watching make serve"
 
 setup:
@@ -86,6 +87,17 @@ drift-scenario: setup system-deps
 	@[ -d $(DRIFT_DATA)/bentoml ] || FLIGHT_DELAY_DATA_DIR=$(DRIFT_DATA) $(MAKE) --no-print-directory materialize \
 	  RANGE=2013-01-01...2013-07-31 CONFIG=pipeline/run_config/demo.yaml
 	$(UV) run --frozen python -m bench.drift_scenario --data-dir $(DRIFT_DATA) $(BENCH_ARGS)
+
+# A replay of 2013 through the running system (bench/replay.py): the service, its Redis online
+# store fed as data time passes, and the Dagster daemon's loop sensors; report in data/replay/.
+# Its data (the whole year through the asset graph, the static model of January-February) is
+# built once, about 6 minutes. START, END (local days) and DAY_SECONDS (wall time per data day).
+REPLAY_DATA := $(CURDIR)/data/replay
+replay: setup system-deps
+	@[ -d $(REPLAY_DATA)/bentoml ] || FLIGHT_DELAY_DATA_DIR=$(REPLAY_DATA) $(MAKE) --no-print-directory materialize \
+	  RANGE=2013-01-01...2013-12-31 CONFIG=pipeline/run_config/replay.yaml
+	$(UV) run --frozen python -m bench.replay --data-dir $(REPLAY_DATA) $(if $(START),--start $(START)) \
+	  $(if $(END),--end $(END)) $(if $(DAY_SECONDS),--day-seconds $(DAY_SECONDS)) $(BENCH_ARGS)
 
 # Restore the previous champion; the running service switches within a second.
 rollback: setup

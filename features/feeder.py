@@ -70,9 +70,9 @@ class OnlineFeeder:
 
         written: dict[str, int] = {}
         for table, frame in self.tables.items():
-            stamps = frame["event_timestamp"]
-            mask = stamps <= to if self.instant is None else (stamps > self.instant) & (stamps <= to)
-            rows = frame[mask]
+            stamps = frame["event_timestamp"]  # sorted: the interval's rows are one slice
+            first = 0 if self.instant is None else stamps.searchsorted(self.instant, side="right")
+            rows = frame.iloc[first : stamps.searchsorted(to, side="right")]
             if rows.empty:
                 continue
             latest = rows.groupby(self.keys[table], as_index=False, sort=False).tail(1)

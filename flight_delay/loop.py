@@ -25,6 +25,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -46,7 +47,9 @@ class DriftPolicy:
     statistic exceeds it (``p_value``: falls below it); ``min_count``: a feature with fewer live
     values in the window is not judged; ``features``: the features judged (None: all);
     ``min_features``: how many must have drifted; ``cooldown``: no trigger sooner than this after
-    the last one, in data time."""
+    the last one, in data time; ``exclude``: features never judged (calendar features such as the
+    month move with the date by construction: judged, they would ask for a retraining every
+    cooldown)."""
 
     statistic: str = "psi"
     threshold: float = 0.2
@@ -54,6 +57,7 @@ class DriftPolicy:
     features: tuple[str, ...] | None = None
     min_features: int = 1
     cooldown: timedelta = timedelta(days=7)
+    exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.statistic not in STATISTICS:
@@ -133,6 +137,8 @@ def assess_drift(
     judged = [r for r in rows if _field(r, "model_version") == model_version]
     if policy.features is not None:
         judged = [r for r in judged if _field(r, "feature") in policy.features]
+    if policy.exclude:
+        judged = [r for r in judged if _field(r, "feature") not in policy.exclude]
     enough = [r for r in judged if int(_field(r, "n")) >= policy.min_count]
     if not enough:
         most = max((int(_field(r, "n")) for r in judged), default=0)
@@ -305,3 +311,73 @@ def rollback_decision(
     else:
         reason = f"undecided after {d.n} flights; {figures}"
     return state, RollbackDecision(action, reason, d.n, d.mean_difference, d.lower, d.upper)
+
+
+# -- configuration ---------------------------------------------------------------------------
+LOOP_CONFIG_ENV = "FLIGHT_DELAY_LOOP_CONFIG"
+SENSOR_INTERVALS = {"drift_retraining_sensor": 300, "challenger_sensor": 60, "rollback_sensor": 30}
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Every setting of the loop's sensors, with the defaults stated in the policies above;
+    ``intervals``: seconds between two evaluations of each sensor by the daemon."""
+
+    drift: DriftPolicy = DriftPolicy()
+    window: RetrainingWindow = RetrainingWindow()
+    challenger: ChallengerPolicy = ChallengerPolicy()
+    rollback: RollbackPolicy = RollbackPolicy()
+    intervals: Mapping[str, int] = field(default_factory=lambda: dict(SENSOR_INTERVALS))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> LoopConfig:
+        """From ``{"drift": {...}, "window": {...}, "challenger": {...}, "rollback": {...},
+        "intervals": {...}}`` (each part optional, each field as in its policy; ``cooldown_days``
+        for the drift cooldown); an unknown part or field is an error that names it."""
+        parts = {
+            "drift": DriftPolicy,
+            "window": RetrainingWindow,
+            "challenger": ChallengerPolicy,
+            "rollback": RollbackPolicy,
+        }
+        unknown = set(values) - set(parts) - {"intervals"}
+        if unknown:
+            raise ValueError(f"loop configuration: unknown parts {sorted(unknown)}; expected {[*parts, 'intervals']}")
+        built: dict[str, Any] = {}
+        for part, kind in parts.items():
+            given = dict(values.get(part) or {})
+            if part == "drift":
+                if "cooldown_days" in given:
+                    given["cooldown"] = timedelta(days=float(given.pop("cooldown_days")))
+                for name in ("features", "exclude"):
+                    if given.get(name) is not None:
+                        given[name] = tuple(given[name])
+            try:
+                built[part] = kind(**given)
+            except TypeError as exc:
+                raise ValueError(f"loop configuration, {part}: {exc}") from exc
+        intervals = dict(SENSOR_INTERVALS)
+        for sensor, seconds in dict(values.get("intervals") or {}).items():
+            if sensor not in SENSOR_INTERVALS:
+                raise ValueError(
+                    f"loop configuration, intervals: unknown sensor {sensor!r}; expected {list(SENSOR_INTERVALS)}"
+                )
+            if int(seconds) < 1:
+                raise ValueError(f"loop configuration, intervals: {sensor} must be at least 1 s, got {seconds}")
+            intervals[sensor] = int(seconds)
+        return cls(intervals=intervals, **built)
+
+    @classmethod
+    def load(cls, path: str | None) -> LoopConfig:
+        """From a YAML (or JSON) file; the defaults when ``path`` is None or empty."""
+        if not path:
+            return cls()
+        import yaml
+
+        try:
+            values = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"{LOOP_CONFIG_ENV}={path}: cannot read it as YAML: {exc}") from exc
+        if not isinstance(values, Mapping):
+            raise ValueError(f"{LOOP_CONFIG_ENV}={path}: expected a mapping of parts, got {type(values).__name__}")
+        return cls.from_mapping(values)

@@ -54,4 +54,4 @@ def paired_outcomes(path: str | Path, champion: str, challenger: str, since: flo
     own reader (:func:`flight_delay.prediction_log.paired_outcomes`), with ``late`` as 0/1."""
     frame = prediction_log.paired_outcomes(Path(path), champion, challenger, since=since)
     frame["late"] = frame["late"].astype("int64")
-    return frame.sort_values(["received_at", "request_id"], kind="stable").reset_index(drop=True)
+    return frame  # already in arrival order (received_at, then the order they were written)

@@ -9,6 +9,8 @@ tables from here.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import logging
 import math
@@ -187,6 +189,25 @@ def _insert(table: str, fields: tuple[str, ...]) -> str:
 
 INSERT_PREDICTION = _insert("predictions", PREDICTION_FIELDS)
 INSERT_FEEDBACK = _insert("feedback", FEEDBACK_FIELDS)
+# Rows per INSERT statement when a batch is written. ``executemany`` steps SQLite once per row and
+# lets go of Python's GIL around each step; in a service whose event loop keeps the GIL busy, the
+# writer thread then waits up to a switch interval to get it back after every row, and writes a
+# few thousand rows a second at most. One statement for many rows is one step.
+ROWS_PER_STATEMENT = 500
+
+
+@functools.lru_cache(maxsize=8)
+def _insert_rows(table: str, fields: tuple[str, ...], rows: int) -> str:
+    """An INSERT of ``rows`` rows at once, with the same conflict rule as :func:`_insert`."""
+    marks = "(" + ",".join("?" * len(fields)) + ")"
+    values = ",".join([marks] * rows)
+    return f"INSERT INTO {table} ({', '.join(fields)}) VALUES {values} ON CONFLICT (request_id) DO NOTHING"
+
+
+def _insert_many(conn: sqlite3.Connection, table: str, fields: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[start : start + ROWS_PER_STATEMENT]
+        conn.execute(_insert_rows(table, fields, len(chunk)), list(itertools.chain.from_iterable(chunk)))
 
 
 @dataclass
@@ -222,15 +243,15 @@ def write_rows(conn: sqlite3.Connection, rows: LogRows) -> list[RefusedRow]:
     hold back the others; errors of the database itself (``OperationalError``: busy, full,
     read-only, I/O) propagate, and the caller rolls back and retries."""
     refused: list[RefusedRow] = []
-    for table, sql, batch in (
-        ("predictions", INSERT_PREDICTION, rows.predictions),
-        ("feedback", INSERT_FEEDBACK, rows.feedback),
+    for table, fields, sql, batch in (
+        ("predictions", PREDICTION_FIELDS, INSERT_PREDICTION, rows.predictions),
+        ("feedback", FEEDBACK_FIELDS, INSERT_FEEDBACK, rows.feedback),
     ):
         if not batch:
             continue
         conn.execute("SAVEPOINT batch")
         try:
-            conn.executemany(sql, batch)
+            _insert_many(conn, table, fields, batch)
         except _ROW_ERRORS:
             conn.execute("ROLLBACK TO batch")
             for row in batch:

@@ -371,6 +371,24 @@ class ModelRegistry:
 
         return self._record(name, decide)
 
+    def promote_guarded(
+        self,
+        name: str,
+        tag: str,
+        reason: str,
+        expected_champion: str | None,
+        details: Mapping[str, Any] | None = None,
+    ) -> list[ChampionEvent]:
+        """:meth:`promote`, then the champion it replaced scored in shadow beside ``tag``: the
+        rollback guard that the loop's rollback sensor judges on live feedback (none before the
+        first champion)."""
+        events = [self.promote(name, tag, reason, expected_champion, details)]
+        if expected_champion is not None:
+            tag = self.canonical(name, tag)
+            guard = f"rollback guard: the replaced champion is scored in shadow beside {tag}"
+            events.append(self.challenge(name, expected_champion, "shadow", 1.0, guard, tag, details=details))
+        return events
+
     def rollback(
         self,
         name: str,
@@ -494,6 +512,12 @@ def main(argv: list[str] | None = None) -> int:
     promote.add_argument("tag")
     promote.add_argument("--reason", required=True)
     promote.add_argument("--expect", required=True, help="the current champion ('none' before the first)")
+    promote.add_argument(
+        "--no-guard",
+        action="store_true",
+        help="do not score the replaced champion in shadow afterwards (by default it is, so that the rollback "
+        "sensor can roll the new champion back if it does worse live)",
+    )
     rollback = sub.add_parser("rollback", help="restore an earlier champion; the current one is barred")
     rollback.add_argument(
         "--to", dest="to_tag", default=None, help="which earlier champion (default: the most recent one not barred)"
@@ -530,7 +554,11 @@ def main(argv: list[str] | None = None) -> int:
         state = registry.state(name)
         champion = state.champion
         if args.command == "promote":
-            print(registry.promote(name, args.tag, args.reason, expected(champion)).to_json())
+            if args.no_guard:
+                print(registry.promote(name, args.tag, args.reason, expected(champion)).to_json())
+            else:
+                for event in registry.promote_guarded(name, args.tag, args.reason, expected(champion)):
+                    print(event.to_json())
         elif args.command == "rollback":
             print(registry.rollback(name, args.reason, expected(champion), args.to_tag).to_json())
         elif args.command == "challenge":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -22,8 +22,10 @@ import dagster as dg
 
 from flight_delay.forward import read_reference
 from flight_delay.loop import (
+    LOOP_CONFIG_ENV,
     ChallengerPolicy,
     DriftPolicy,
+    LoopConfig,
     RetrainingWindow,
     RollbackPolicy,
     Trigger,
@@ -63,6 +65,9 @@ class DriftCursor:
     last_trigger: str | None = None
     model: str | None = None
     pending: list[list[Any]] = field(default_factory=list)  # [feature, bin, count]
+    run_key: str | None = None  # the last retraining requested
+    failures: int = 0  # how many requested retrainings in a row failed (each doubles the cooldown)
+    failed_run: str | None = None  # the run id of the last failure counted
 
     @classmethod
     def from_json(cls, text: str | None) -> DriftCursor:
@@ -70,6 +75,41 @@ class DriftCursor:
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
+
+    def follow_run(self, instance: dg.DagsterInstance) -> str | None:
+        """Count the outcome of the last requested retraining, once; a description of the failure
+        when it failed (else None)."""
+        if self.run_key is None:
+            return None
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY_TAG: self.run_key}), limit=1)
+        if not runs:
+            return None
+        run = runs[0]
+        if run.status == dg.DagsterRunStatus.SUCCESS:
+            self.failures, self.failed_run = 0, None
+            return None
+        if run.status != dg.DagsterRunStatus.FAILURE:
+            return None
+        if self.failed_run != run.run_id:
+            self.failures, self.failed_run = self.failures + 1, run.run_id
+        return f"the last retraining (run {run.run_id}, {self.run_key}) failed: {_failure(instance, run.run_id)}"
+
+
+RUN_KEY_TAG = "dagster/run_key"
+MAX_BACKOFF_DOUBLINGS = 4  # a failing retraining is asked again after at most 16 cooldowns
+
+
+def _failure(instance: dg.DagsterInstance, run_id: str) -> str:
+    """The first step failure's message of a run (what the UI shows on the run's page)."""
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE, limit=1).records
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        error = getattr(event.event_specific_data, "error", None) if event else None
+        while error is not None and error.cause is not None:  # Dagster's wrapper, then the step's own error
+            error = error.cause
+        if error is not None:
+            return f"step {event.step_key}: {error.message.strip()[:300]}"
+    return "see the run in the UI"
 
 
 def trigger_tags(trigger: Trigger) -> dict[str, str]:
@@ -130,13 +170,21 @@ def build_drift_retraining_sensor(
         bins = {(champion, f, b): n for (f, b), n in counts.items()}
         rows = drift_rows(CounterWindow(feature_bins=bins), {champion: read_reference(registry.model_dir(champion))})
         last = datetime.fromisoformat(cursor.last_trigger) if cursor.last_trigger else None
-        trigger, reason = assess_drift(rows, policy, data_time, last, champion)
+        failed = cursor.follow_run(context.instance)
+        # A retraining that failed (a corrupt day in its window, say) is not asked again at every
+        # cooldown: each failure in a row doubles the wait, and the skip reason says why.
+        judged_by = policy
+        if cursor.failures:
+            judged_by = replace(policy, cooldown=policy.cooldown * 2 ** min(cursor.failures, MAX_BACKOFF_DOUBLINGS))
+        trigger, reason = assess_drift(rows, judged_by, data_time, last, champion)
+        if failed:
+            reason = f"{reason}; {failed} (cooldown now {judged_by.cooldown})"
         judged = any(r.n >= policy.min_count for r in rows)  # a full window starts a new one
         pending = [] if judged or not drift_metrics_source.disjoint_windows() else [[*k, n] for k, n in counts.items()]
         if trigger is None:
-            after = DriftCursor(cursor.last_trigger, champion, sorted(pending))
+            after = replace(cursor, model=champion, pending=sorted(pending))
             return dg.SensorResult(skip_reason=reason, cursor=after.to_json())
-        after = DriftCursor(data_time.isoformat(), champion, [])
+        after = replace(cursor, last_trigger=data_time.isoformat(), model=champion, pending=[], run_key=trigger.run_key)
         context.log.info(f"retraining requested: {reason}")
         request = dg.RunRequest(
             run_key=trigger.run_key,
@@ -304,6 +352,13 @@ def build_rollback_sensor(
     return rollback_sensor
 
 
-def loop_sensors() -> list[dg.SensorDefinition]:
-    """The three sensors with their stated defaults (``flight_delay.loop``'s policies)."""
-    return [build_drift_retraining_sensor(), build_challenger_sensor(), build_rollback_sensor()]
+def loop_sensors(config: LoopConfig | None = None) -> list[dg.SensorDefinition]:
+    """The three sensors with ``config``, by default the file named by ``FLIGHT_DELAY_LOOP_CONFIG``
+    (``flight_delay.loop.LoopConfig``), else the policies' stated defaults."""
+    config = config or LoopConfig.load(os.environ.get(LOOP_CONFIG_ENV))
+    every = config.intervals
+    return [
+        build_drift_retraining_sensor(config.drift, config.window, every["drift_retraining_sensor"]),
+        build_challenger_sensor(config.challenger, every["challenger_sensor"]),
+        build_rollback_sensor(config.rollback, every["rollback_sensor"]),
+    ]

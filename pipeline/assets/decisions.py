@@ -56,11 +56,9 @@ def apply_decision(registry: ModelRegistry, config: DecisionConfig, details: dic
         actual = state.challenger.tag if state.challenger else None
         if actual != tag:
             raise ConflictError(name, "challenger", tag, actual)
-        events = [registry.promote(name, tag, reason, champion, details=details)]
-        if config.guard and champion is not None:
-            guard = f"rollback guard: the replaced champion is scored in shadow beside {tag}"
-            events.append(registry.challenge(name, champion, "shadow", SHADOW_SHARE, guard, tag, details=details))
-        return events
+        if config.guard:
+            return registry.promote_guarded(name, tag, reason, champion, details=details)
+        return [registry.promote(name, tag, reason, champion, details=details)]
     if config.action == "retire":
         _expect(registry.state(name), config)
         return [registry.retire(name, reason, expected_challenger=tag, details=details)]

@@ -5,6 +5,7 @@ challenger and rollback decisions of the sequential test on paired outcomes."""
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -12,8 +13,10 @@ import pandas as pd
 import pytest
 
 from flight_delay.loop import (
+    SENSOR_INTERVALS,
     ChallengerPolicy,
     DriftPolicy,
+    LoopConfig,
     RetrainingWindow,
     RollbackPolicy,
     assess_drift,
@@ -72,6 +75,44 @@ def test_min_features_and_the_feature_list_restrict_what_triggers():
     assert drift_trigger(rows, DriftPolicy(features=("dep_hour",)), AT, None) is None
     only = drift_trigger(rows, DriftPolicy(features=("wind_speed", "dep_hour")), AT, None)
     assert only is not None and only.features == ("wind_speed",)
+
+
+def test_excluded_features_are_never_judged():
+    rows = [_row("month", 3.0), _row("temp", 0.3)]
+    trigger = drift_trigger(rows, DriftPolicy(exclude=("month",)), AT, None)
+    assert trigger is not None and trigger.features == ("temp",)
+    assert drift_trigger([_row("month", 3.0)], DriftPolicy(exclude=("month",)), AT, None) is None
+
+
+def test_the_loop_configuration_file_sets_each_policy_and_keeps_the_stated_defaults(tmp_path):
+    path = tmp_path / "loop.yaml"
+    path.write_text(
+        "drift: {threshold: 0.3, cooldown_days: 21, exclude: [month, days_to_holiday]}\n"
+        "window: {train_days: 60}\n"
+        "rollback: {margin: 0.05}\n"
+        "intervals: {drift_retraining_sensor: 10}\n"
+    )
+    config = LoopConfig.load(str(path))
+    assert config.drift == DriftPolicy(threshold=0.3, cooldown=timedelta(days=21), exclude=("month", "days_to_holiday"))
+    assert config.window == RetrainingWindow(train_days=60)
+    assert config.rollback == RollbackPolicy(margin=0.05) and config.challenger == ChallengerPolicy()
+    assert config.intervals == {**SENSOR_INTERVALS, "drift_retraining_sensor": 10}
+    assert LoopConfig.load(None) == LoopConfig()
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"drfit": {}}, "unknown parts ['drfit']"),
+        ({"drift": {"treshold": 0.3}}, "drift: DriftPolicy.__init__() got an unexpected keyword argument 'treshold'"),
+        ({"drift": {"statistic": "ks"}}, "statistic must be one of"),
+        ({"intervals": {"drift_sensor": 5}}, "unknown sensor 'drift_sensor'"),
+        ({"intervals": {"rollback_sensor": 0}}, "at least 1 s"),
+    ],
+)
+def test_a_wrong_loop_configuration_says_what_is_wrong(values, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        LoopConfig.from_mapping(values)
 
 
 def test_p_value_drift_is_a_small_p_value_and_nan_never_triggers():

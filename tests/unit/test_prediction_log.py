@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from flight_delay.flights import LOCAL_TZ
-from flight_delay.prediction_log import open_for_writing, read_log
+from flight_delay.prediction_log import LogRows, open_for_writing, read_log, write_rows, write_transaction
 from pipeline.definitions import build_definitions
 from serving.log_writer import PredictionLogWriter
 
@@ -309,3 +309,23 @@ def test_workers_opening_a_new_log_at_once_all_start(tmp_path):
     while not errors.empty():
         found.append(errors.get())
     assert found == []
+
+
+def test_a_batch_of_rows_is_written_in_a_few_statements_not_one_per_row(tmp_path):
+    """``executemany`` runs a statement per row and lets go of the GIL around each: under a busy
+    event loop the writer thread then waits a switch interval per row (measured: 1,472 rows/s
+    against 36,423 with one statement per 500 rows; ``python -m bench.log_writer``). Counted here
+    as statements, not timed; the rows all land, duplicates skipped as before."""
+    conn = open_for_writing(tmp_path / "predictions.db")
+    statements: list[str] = []
+    rows = [
+        (f"r{i:05d}", 1.0e9 + i, f"k{i}", "m:1", "champion", 0.25, "{}", 1.0e9 + i, None, None) for i in range(1_200)
+    ]
+    conn.set_trace_callback(statements.append)
+    with write_transaction(conn):
+        assert write_rows(conn, LogRows(predictions=[*rows, rows[0]])) == []
+    conn.set_trace_callback(None)
+    inserts = [s for s in statements if s.startswith("INSERT")]
+    assert len(inserts) == 3, f"{len(inserts)} INSERT statements for 1,201 rows"  # 500 + 500 + 201
+    assert conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == 1_200
+    conn.close()

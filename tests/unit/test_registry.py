@@ -357,7 +357,7 @@ def test_cli_promote_challenge_retire_rollback_and_state(registry, capsys):
     assert main([*home, "promote", a, "--reason", "first", "--expect", "none"]) == 0
     assert main([*home, "promote", b, "--reason", "stale", "--expect", c]) == 1
     assert f"expected champion {c}" in capsys.readouterr().err
-    assert main([*home, "promote", b, "--reason", "b", "--expect", a]) == 0
+    assert main([*home, "promote", b, "--reason", "b", "--expect", a, "--no-guard"]) == 0
     assert main([*home, "challenge", c, "--mode", "split", "--share", "0.2", "--reason", "try c"]) == 0
     assert main([*home, "retire", "--reason", "c is worse"]) == 0
     assert main([*home, "challenge", c, "--mode", "split", "--share", "0.2", "--reason", "again"]) == 1
@@ -370,6 +370,18 @@ def test_cli_promote_challenge_retire_rollback_and_state(registry, capsys):
     assert main([*home, "history"]) == 0
     actions = [json.loads(line)["action"] for line in capsys.readouterr().out.splitlines()]
     assert actions == ["promote", "promote", "challenge", "retire", "rollback"]
+
+
+def test_a_promotion_by_hand_guards_the_new_champion_with_the_one_it_replaced(registry, capsys):
+    a, b = _models(registry, 2)
+    home = ["--home", str(registry.home), "--model", "m"]
+    assert main([*home, "promote", a, "--reason", "first", "--expect", "none"]) == 0
+    assert registry.state("m").challenger is None  # nothing to guard the first champion with
+    assert main([*home, "promote", b, "--reason", "by hand", "--expect", a]) == 0
+    state = registry.state("m")
+    assert state.champion == b and (state.challenger.tag, state.challenger.mode) == (a, "shadow")
+    assert [e.action for e in registry.history("m")] == ["promote", "promote", "challenge"]
+    assert "rollback guard" in registry.history("m")[-1].reason
 
 
 def test_an_event_that_breaks_the_rules_is_an_error_naming_its_line(registry):

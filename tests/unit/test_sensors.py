@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from flight_delay.drift import REFERENCE_FILE, Binning, Reference
+from flight_delay.loop import LOOP_CONFIG_ENV
 from flight_delay.model import MODEL_NAME
 from flight_delay.monitoring import CounterWindow
 from flight_delay.registry import ModelRegistry
@@ -24,6 +25,7 @@ from pipeline.sensors import (
     build_challenger_sensor,
     build_drift_retraining_sensor,
     build_rollback_sensor,
+    loop_sensors,
 )
 from tests.support.loop_log import write_log
 
@@ -183,6 +185,50 @@ def test_the_cooldown_counts_in_the_logs_data_time(home, registry, log_path):
     assert request.run_config["ops"]["training_set"]["config"]["evaluation_end"] == "2013-05-16"
 
 
+def test_a_failed_retraining_is_not_asked_again_at_every_cooldown_and_the_skip_says_why(home, registry, log_path):
+    """A corrupt day in the training window fails the requested run; the sensor waits twice the
+    cooldown before asking again (then four times, ...), names the failed run and its error, and
+    a retraining that succeeds brings the cooldown back."""
+    (a,) = _models(registry, 1)
+    registry.promote(MODEL_NAME, a, "first", None)
+    _log_at(log_path, a, AT)
+    sensor = build_drift_retraining_sensor()
+    instance = dg.DagsterInstance.ephemeral()
+
+    def tick(cursor: str | None) -> dg.SensorResult:
+        resources = _resources(home, log_path, _window(a, 1000))
+        return sensor(dg.build_sensor_context(cursor=cursor, resources=resources, instance=instance))
+
+    def run(key: str, ok: bool) -> None:
+        @dg.asset(name="training_set")
+        def stand_in() -> None:
+            if not ok:
+                raise ValueError("training_set: offline table flights_daily/2013-05-03.parquet is corrupt")
+
+        dg.materialize([stand_in], instance=instance, tags={"dagster/run_key": key}, raise_on_error=False)
+
+    first = tick(None)
+    run(first.run_requests[0].run_key, ok=False)
+    _log_at(log_path, a, AT + timedelta(days=7), first=1)  # a cooldown later: no new request
+    waiting = tick(first.cursor)
+    assert not waiting.run_requests
+    message = waiting.skip_reason.skip_message
+    assert "the last retraining" in message and "failed" in message and "2013-05-03.parquet is corrupt" in message
+    assert "cooldown now 14 days" in message
+    _log_at(log_path, a, AT + timedelta(days=14), first=2)  # twice the cooldown: asked again
+    second = tick(waiting.cursor)
+    (request,) = second.run_requests
+    run(request.run_key, ok=False)
+    _log_at(log_path, a, AT + timedelta(days=14 + 27), first=3)  # the second failure: four cooldowns
+    assert not tick(second.cursor).run_requests
+    _log_at(log_path, a, AT + timedelta(days=14 + 28), first=4)
+    third = tick(second.cursor)
+    (request,) = third.run_requests
+    run(request.run_key, ok=True)  # the data was repaired: the cooldown is back to one
+    _log_at(log_path, a, AT + timedelta(days=14 + 28 + 7), first=5)
+    assert tick(third.cursor).run_requests
+
+
 def test_drift_of_another_model_does_not_count(home, registry, log_path):
     a, b = _models(registry, 2)
     registry.promote(MODEL_NAME, a, "first", None)
@@ -327,3 +373,13 @@ def test_a_better_new_champion_is_kept(home, registry, log_path):
     (request,) = _tick(build_rollback_sensor(), _resources(home, log_path)).run_requests
     assert request.run_key == f"rollback-guard:{b}:{a}:keep"
     assert request.run_config["ops"]["model_decisions"]["config"]["action"] == "keep"
+
+
+def test_the_loop_configuration_file_reaches_the_sensors(tmp_path, monkeypatch):
+    path = tmp_path / "loop.yaml"
+    path.write_text("drift: {threshold: 0.35, cooldown_days: 21}\nintervals: {drift_retraining_sensor: 7}\n")
+    monkeypatch.setenv(LOOP_CONFIG_ENV, str(path))
+    drift, challenger, rollback = loop_sensors()
+    assert drift.minimum_interval_seconds == 7 and "psi beyond 0.35" in drift.description
+    assert "21 days" in drift.description
+    assert (challenger.minimum_interval_seconds, rollback.minimum_interval_seconds) == (60, 30)

@@ -1,0 +1,462 @@
+"""A replay of 2013 through the running system: ``python -m bench.replay`` (``make replay``).
+
+A simulated clock walks data time from ``--start`` to ``--end`` in steps of ``--step-minutes``
+and drives the real components, each as it runs in production:
+
+- **the online store**: at each step an :class:`features.feeder.OnlineFeeder` writes what the
+  streaming pushes and the batch materializations would have written by then (the offline tables
+  were built through the asset graph by the data preparation, day partition by day partition);
+- **the service** (``bentoml serve``, its own Redis online store, one prediction log): each flight
+  is predicted over HTTP at its prediction time (``--horizon-minutes`` before its scheduled
+  departure; ``predict_batch`` with each flight's own ``prediction_time``), after the store was
+  brought to the step's start, so that no value stamped after a prediction time is there to serve;
+  its outcome is sent as feedback over HTTP once the flight has left (label delay: the actual
+  departure, the scheduled one plus the delay);
+- **the Dagster daemon** (``dagster-daemon run``) evaluates the loop's three sensors with the
+  replay's loop configuration (``FLIGHT_DELAY_LOOP_CONFIG``): the drift sensor reads the
+  service's ``/metrics`` and requests ``retrain_job`` on a window that ends at the log's data time,
+  the offline gate makes a better model the shadow challenger, the challenger sensor's sequential
+  test promotes or retires it, the rollback sensor guards a promotion.
+
+A retraining takes the machine for a minute or two, which in real time passes in the blink of an
+eye between two departures: while a pipeline run is queued or running, the clock waits for it.
+Between runs the clock goes no faster than ``--day-seconds`` of wall time per data day, so that the
+daemon's sensors tick several times a data day.
+
+The comparison policies are scored afterwards on the feature rows the service logged
+(``bench.replay_report``): ``static``, the replay's first champion (trained on January –
+February by the data preparation); ``monthly``, a model trained by the same pipeline assets on the
+first day of each month with the loop's training window; ``loop``, what the service answered.
+
+Prepare the data once (the whole year through the asset graph, and the static model; about
+6 minutes): ``make replay`` does it when ``data/replay`` has no model yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.flights import request_body
+from bench.harness import HOST, ProcessGroup, ServerProcess, free_port
+from bench.replay_report import Timeline, write_report
+from features.feeder import OnlineFeeder
+from features.store import build_store
+from flight_delay import data
+from flight_delay.flights import LOCAL_TZ, scheduled_departure
+from flight_delay.model import MODEL_NAME
+from flight_delay.monitoring import metric_total, parse_metrics
+from flight_delay.paths import PROJECT_ROOT, DataLayout
+from flight_delay.registry import ModelRegistry
+
+SERVICE = "serving.service:FlightDelayService"
+MAX_BATCH = 200  # flights per predict_batch call
+FEEDBACK_CONNECTIONS = 4
+# The replay's loop: calendar features move with the date by construction and are not judged for
+# drift; a retraining at most every four weeks of data time (a retraining costs minutes of this
+# two-core machine); sensors ticking every few seconds of wall time, several times a data day.
+LOOP_CONFIG = {
+    "drift": {
+        "statistic": "psi",
+        "threshold": 0.2,
+        "min_count": 500,
+        "min_features": 1,
+        "cooldown_days": 28,
+        "exclude": ["month", "days_to_holiday", "weekday"],
+    },
+    "window": {"train_days": 90, "evaluation_days": 14},
+    "intervals": {"drift_retraining_sensor": 15, "challenger_sensor": 5, "rollback_sensor": 5},
+}
+
+
+@dataclass
+class Traffic:
+    """What the replay sent and how it went."""
+
+    predictions: int = 0
+    feedback: int = 0
+    failed: int = 0
+    failures: list[str] = field(default_factory=list)  # the first few, for the report
+    paused_seconds: float = 0.0
+
+    def fail(self, what: str) -> None:
+        self.failed += 1
+        if len(self.failures) < 10:
+            self.failures.append(what)
+
+
+def replay_flights(start: str, end: str, horizon: pd.Timedelta) -> pd.DataFrame:
+    """Every departure scheduled from ``start`` to ``end`` (local days, inclusive) with its request
+    body, prediction time (``horizon`` before departure, UTC), outcome and the instant the outcome
+    is known (its actual departure; cancelled flights have none), in prediction-time order."""
+    flights = data.read_table("flights")
+    sched = scheduled_departure(flights["time_hour"], flights["minute"]).dt.tz_convert(LOCAL_TZ)
+    day = sched.dt.strftime("%Y-%m-%d")
+    chosen = flights[(day >= start) & (day <= end)]
+    sched = sched[chosen.index]
+    at = sched - horizon
+    delay = chosen["dep_delay"].astype("float64")
+    known = sched + pd.to_timedelta(delay.clip(lower=0).fillna(0), unit="m")
+    frame = pd.DataFrame(
+        {
+            "at": at.dt.tz_convert("UTC"),
+            "body": [request_body(r, s, t) for r, s, t in zip(chosen.itertuples(index=False), sched, at)],
+            "delay": delay,
+            "known": known.dt.tz_convert("UTC").where(delay.notna()),
+        }
+    )
+    return frame.sort_values("at", kind="stable").reset_index(drop=True)
+
+
+class Driver:
+    """The clock and the traffic: one HTTP connection for predictions, a few for feedback."""
+
+    def __init__(self, port: int, traffic: Traffic) -> None:
+        self.port, self.traffic = port, traffic
+        self._conn = http.client.HTTPConnection(HOST, port, timeout=60)
+        self._local = threading.local()
+        self._feedback = ThreadPoolExecutor(FEEDBACK_CONNECTIONS, thread_name_prefix="feedback")
+        self._lock = threading.Lock()
+
+    def _post(self, conn: http.client.HTTPConnection, path: str, body: dict) -> tuple[int, bytes]:
+        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, response.read()
+
+    def predict(self, bodies: list[dict]) -> list[str | None]:
+        """Request ids of the predictions (None where the call failed)."""
+        out: list[str | None] = []
+        for i in range(0, len(bodies), MAX_BATCH):
+            chunk = bodies[i : i + MAX_BATCH]
+            try:
+                status, payload = self._post(self._conn, "/predict_batch", {"flights": chunk})
+            except (OSError, http.client.HTTPException) as exc:
+                status, payload = 0, str(exc).encode()
+                self._conn.close()
+                self._conn = http.client.HTTPConnection(HOST, self.port, timeout=60)
+            self.traffic.predictions += len(chunk)
+            if status != 200:
+                self.traffic.fail(f"predict_batch: {status} {payload[:200]!r}")
+                out += [None] * len(chunk)
+                continue
+            out += [p["request_id"] for p in json.loads(payload)["predictions"]]
+        return out
+
+    def _send_feedback(self, request_id: str, delay: float) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = http.client.HTTPConnection(HOST, self.port, timeout=60)
+        body = {"feedback": {"request_id": request_id, "departure_delay_minutes": delay}}
+        try:
+            status, payload = self._post(conn, "/feedback", body)
+        except (OSError, http.client.HTTPException) as exc:
+            status, payload = 0, str(exc).encode()
+            conn.close()
+            self._local.conn = None
+        with self._lock:
+            self.traffic.feedback += 1
+            if status != 200:
+                self.traffic.fail(f"feedback: {status} {payload[:200]!r}")
+
+    def feedback(self, outcomes: list[tuple[str, float]]) -> None:
+        """Send the outcomes and wait until every one is answered."""
+        list(self._feedback.map(lambda o: self._send_feedback(*o), outcomes))
+
+    def close(self) -> None:
+        self._feedback.shutdown()
+        self._conn.close()
+
+
+def active_runs(instance: Any) -> list[Any]:
+    import dagster as dg
+
+    statuses = [
+        dg.DagsterRunStatus.QUEUED,
+        dg.DagsterRunStatus.NOT_STARTED,
+        dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED,
+    ]
+    return list(instance.get_runs(filters=dg.RunsFilter(statuses=statuses)))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import dagster as dg
+
+    started = time.monotonic()
+    layout = DataLayout.resolve(args.data_dir)
+    registry = ModelRegistry(layout.bentoml_home)
+    initial = layout.root / "replay-initial-bentoml"
+    if not initial.exists():  # the prepared state, restored at every replay
+        if registry.champion(MODEL_NAME) is None:
+            raise SystemExit(f"no champion in {layout.root}: prepare the data first (make replay)")
+        shutil.copytree(layout.bentoml_home, initial)
+    shutil.rmtree(layout.bentoml_home)
+    shutil.copytree(initial, layout.bentoml_home)
+    static = registry.champion(MODEL_NAME)
+    scratch = layout.root / "replay-run"
+    shutil.rmtree(scratch, ignore_errors=True)
+    (scratch / "dagster_home").mkdir(parents=True)
+    (scratch / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    for stale in (layout.prediction_log, layout.root / "monitoring"):
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        elif stale.exists():
+            stale.unlink()
+    for sidecar in layout.prediction_log.parent.glob(layout.prediction_log.name + "*"):
+        sidecar.unlink()
+    (scratch / "loop.yaml").write_text(json.dumps(LOOP_CONFIG, indent=1))
+
+    horizon = pd.Timedelta(minutes=args.horizon_minutes)
+    flights = replay_flights(args.start, args.end, horizon)
+    print(f"replay: {len(flights)} departures from {args.start} to {args.end}; static model {static}", flush=True)
+
+    redis_port = free_port()
+    redis_server = ProcessGroup.start(
+        [shutil.which("redis-server") or "redis-server", "--port", str(redis_port), "--bind", HOST]
+        + ["--save", "", "--appendonly", "no"],
+        scratch / "redis.log",
+    )
+    url = f"redis://{HOST}:{redis_port}/0"
+    processes: list[Any] = [redis_server]
+    traffic = Traffic()
+    timeline = Timeline()
+    try:
+        _wait_for_redis(redis_port)
+        store = build_store(PROJECT_ROOT, layout.feast_state, url)
+        first_feature_day = (pd.Timestamp(args.start) - pd.Timedelta(days=30)).strftime("%Y-%m-%d")
+        feeder = OnlineFeeder.from_offline(store, layout.offline, max(first_feature_day, "2013-01-01"), args.end)
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("FLIGHT_DELAY_")},
+            "FLIGHT_DELAY_DATA_DIR": str(layout.root),
+            "FLIGHT_DELAY_ONLINE_STORE": url,
+            "FLIGHT_DELAY_FEATURE_CACHE_SECONDS": "0",  # the clock moves faster than any staleness
+            "FLIGHT_DELAY_MAX_BATCH": str(MAX_BATCH),
+            "FLIGHT_DELAY_WORKERS": str(args.workers),
+            "BENTOML_HOME": str(scratch / "bentoml-home"),
+            "BENTOML_DO_NOT_TRACK": "True",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+        server = ServerProcess(SERVICE, env, scratch / "service.log", workers=args.workers).start()
+        processes.append(server)
+        server.wait_ready()
+        service_url = f"http://{HOST}:{server.port}"
+        dagster_env = {
+            **env,
+            "DAGSTER_HOME": str(scratch / "dagster_home"),
+            "FLIGHT_DELAY_LOOP_SENSORS": "on",
+            "FLIGHT_DELAY_LOOP_CONFIG": str(scratch / "loop.yaml"),
+            "FLIGHT_DELAY_SERVICE_URLS": service_url,
+        }
+        daemon = ProcessGroup.start(
+            [str(Path(shutil.which("dagster-daemon") or "dagster-daemon")), "run", "-w", "workspace.yaml"],
+            scratch / "dagster-daemon.log",
+            env=dagster_env,
+            cwd=str(PROJECT_ROOT),
+        )
+        processes.append(daemon)
+        os.environ["DAGSTER_HOME"] = str(scratch / "dagster_home")
+        instance = dg.DagsterInstance.get()
+        monthly = MonthlyPolicy(args, layout, scratch)
+        monthly.start()
+        driver = Driver(server.port, traffic)
+        walk(args, flights, feeder, driver, registry, instance, timeline, traffic)
+        driver.close()
+        _wait_idle(instance, traffic, timeline, registry, flights["at"].iloc[-1])
+        time.sleep(2.0)  # the service's tally reaches /metrics
+        scrape = parse_metrics(_get(server.port, "/metrics"))
+        future = metric_total(scrape, "flight_delay_future_values_total")
+        errors = metric_total(scrape, "flight_delay_requests_total", outcome="server_error")
+        monthly.join()
+        runs = list(instance.get_runs())
+        summary = write_report(
+            layout=layout,
+            scratch=scratch,
+            registry=registry,
+            static=static,
+            monthly=monthly.models,
+            runs=runs,
+            timeline=timeline,
+            traffic=traffic,
+            future_values=future,
+            server_errors=errors,
+            start=args.start,
+            end=args.end,
+            loop_config=LOOP_CONFIG,
+            seconds=time.monotonic() - started,
+        )
+    finally:
+        for process in reversed(processes):
+            process.stop()
+    return summary
+
+
+def walk(
+    args: argparse.Namespace,
+    flights: pd.DataFrame,
+    feeder: OnlineFeeder,
+    driver: Driver,
+    registry: ModelRegistry,
+    instance: Any,
+    timeline: Timeline,
+    traffic: Traffic,
+) -> None:
+    """The clock: step by step through data time, pausing while pipeline runs are in flight."""
+    step = pd.Timedelta(minutes=args.step_minutes)
+    first = pd.Timestamp(args.start, tz=LOCAL_TZ).tz_convert("UTC")
+    last = flights["at"].iloc[-1] + step
+    at = flights["at"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()  # naive UTC, sorted
+    pending: deque[tuple[pd.Timestamp, str, float]] = deque()  # (known at, request id, delay), in order
+    day_started = time.monotonic()
+    day = first.tz_convert(LOCAL_TZ).date()
+    position = 0
+    t = first
+    while t < last:
+        _wait_idle(instance, traffic, timeline, registry, t)
+        feeder.advance(t)
+        end = int(np.searchsorted(at, (t + step).tz_convert("UTC").tz_localize(None).to_datetime64(), side="left"))
+        batch = flights.iloc[position:end]
+        position = end
+        ids = driver.predict(list(batch["body"]))
+        for request_id, known, delay in zip(ids, batch["known"], batch["delay"]):
+            if request_id is not None and pd.notna(known):
+                pending.append((known, request_id, float(delay)))
+        due = []
+        while pending and pending[0][0] <= t:
+            _, request_id, delay = pending.popleft()
+            due.append((request_id, delay))
+        # Outcomes arrive in departure order; those of one step go together.
+        driver.feedback(due)
+        t += step
+        if t.tz_convert(LOCAL_TZ).date() != day:
+            day = t.tz_convert(LOCAL_TZ).date()
+            spare = args.day_seconds - (time.monotonic() - day_started)
+            if spare > 0:
+                time.sleep(spare)
+            day_started = time.monotonic()
+            if day.day == 1 or args.verbose:
+                state = registry.state(MODEL_NAME)
+                print(
+                    f"  {day}  {traffic.predictions} predictions, {traffic.feedback} outcomes, "
+                    f"{traffic.failed} failed; champion {state.champion}"
+                    + (f", challenger {state.challenger.tag}" if state.challenger else ""),
+                    flush=True,
+                )
+    # The outcomes still to come once the last flight has left.
+    driver.feedback([(request_id, delay) for _, request_id, delay in pending])
+
+
+def _wait_idle(instance: Any, traffic: Traffic, timeline: Timeline, registry: ModelRegistry, t: pd.Timestamp) -> None:
+    """Hold the clock at ``t`` while pipeline runs are queued or running; note on the timeline the
+    runs and registry events seen, at data time ``t``."""
+    waited = time.monotonic()
+    while True:
+        timeline.observe(registry, instance, t)
+        if not active_runs(instance):
+            break
+        time.sleep(1.0)
+    traffic.paused_seconds += time.monotonic() - waited
+
+
+class MonthlyPolicy(threading.Thread):
+    """The comparison policy ``monthly``: on the first day of each month from ``--start`` to
+    ``--end``, the pipeline's training assets (``training_set``, ``delay_model``) on the loop's
+    training window for that day, each model registered in a model store of its own (never served).
+    Runs beside the replay, on the same data folder's feature tables."""
+
+    def __init__(self, args: argparse.Namespace, layout: DataLayout, scratch: Path) -> None:
+        super().__init__(name="monthly-policy", daemon=True)
+        self.args, self.layout, self.scratch = args, layout, scratch
+        self.models: dict[str, str] = {}  # first day of the month -> model tag
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._train_all()
+        except BaseException as exc:  # reported, and the report says the policy is missing
+            self.error = exc
+            print(f"monthly policy failed: {type(exc).__name__}: {exc}", flush=True)
+
+    def _train_all(self) -> None:
+        import dagster as dg
+
+        from flight_delay.loop import RetrainingWindow
+        from pipeline.definitions import build_definitions
+        from pipeline.resources import LocalModelRegistry
+
+        window = RetrainingWindow(**LOOP_CONFIG["window"])
+        home = self.scratch / "monthly-bentoml"
+        defs = build_definitions(str(self.layout.root))
+        resources = {**defs.resources, "model_registry": LocalModelRegistry(bentoml_home=str(home))}
+        registry = ModelRegistry(home)
+        # Every first of a month after the replay's first day (its first month is the static model's).
+        months = pd.date_range(pd.Timestamp(self.args.start) + pd.offsets.MonthBegin(1), self.args.end, freq="MS")
+        for month in months:
+            at = month.tz_localize(LOCAL_TZ).tz_convert("UTC").to_pydatetime()
+            before = set(registry.list(MODEL_NAME))
+            result = dg.materialize(
+                list(defs.assets or []),
+                selection=["training_set", "delay_model"],
+                resources=resources,
+                run_config={"ops": {"training_set": {"config": window.dates(at)}}},
+                instance=dg.DagsterInstance.ephemeral(),
+            )
+            (tag,) = set(registry.list(MODEL_NAME)) - before
+            self.models[month.strftime("%Y-%m-%d")] = tag
+            print(f"  monthly policy: {tag} for {month:%Y-%m} ({result.run_id[:8]})", flush=True)
+
+
+def _wait_for_redis(port: int, timeout: float = 30.0) -> None:
+    import redis
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            redis.Redis(port=port).ping()
+            return
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _get(port: int, path: str) -> str:
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default="data/replay")
+    parser.add_argument("--start", default="2013-03-01", help="First local day of the replay.")
+    parser.add_argument("--end", default="2013-12-31", help="Last local day of the replay.")
+    parser.add_argument("--step-minutes", type=float, default=30.0, help="Data time of one clock step.")
+    parser.add_argument(
+        "--day-seconds", type=float, default=3.0, help="Least wall time of one data day (the replay's speed)."
+    )
+    parser.add_argument("--horizon-minutes", type=float, default=60.0, help="Prediction time before departure.")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--verbose", action="store_true", help="A line per data day.")
+    args = parser.parse_args(argv)
+    summary = run(args)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
