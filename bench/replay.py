@@ -110,10 +110,14 @@ def replay_flights(start: str, end: str, horizon: pd.Timedelta) -> pd.DataFrame:
     at = sched - horizon
     delay = chosen["dep_delay"].astype("float64")
     known = sched + pd.to_timedelta(delay.clip(lower=0).fillna(0), unit="m")
+    bodies = [request_body(r, s, t) for r, s, t in zip(chosen.itertuples(index=False), sched, at)]
+    for body in bodies:  # a flight without a tail number is asked without one (JSON has no NaN)
+        if not isinstance(body["tailnum"], str):
+            body["tailnum"] = None
     frame = pd.DataFrame(
         {
             "at": at.dt.tz_convert("UTC"),
-            "body": [request_body(r, s, t) for r, s, t in zip(chosen.itertuples(index=False), sched, at)],
+            "body": bodies,
             "delay": delay,
             "known": known.dt.tz_convert("UTC").where(delay.notna()),
         }

@@ -257,6 +257,10 @@ class PredictionLogWriter:
             self._queue.extend(records)
             self._accepted += len(records)
 
+    def crowded(self) -> bool:
+        """Half the bound or more waits to be written: the writer is behind (a hint, no lock)."""
+        return 2 * (self._accepted - self._done) >= self.max_backlog
+
     def _refusal(self) -> str | None:
         """Why a record would be refused now (the caller holds ``_state``), or None."""
         if self._closing:

@@ -76,6 +76,12 @@ class Blocking:
 
 
 FEEDBACK_POLL_SECONDS = 0.02  # how often feedback looks again for a prediction another worker logs
+# Backpressure: while the prediction log's writer is behind (half its bound waits), a call waits
+# on the loop, polling this often, for at most LOG_WAIT_SECONDS before it is scored: the writer
+# thread gets the CPU the loop would have spent, and saturating clients slow down instead of
+# meeting the bound's 503.
+LOG_POLL_SECONDS = 0.005
+LOG_WAIT_SECONDS = 2.0
 SHADOW_WARN_SECONDS = 60.0  # a failing shadow is counted on every call, written to the log this often
 
 
@@ -143,6 +149,8 @@ class Scorer:
             raise ServiceError(
                 "no champion model is promoted yet; run the pipeline (make demo)", HTTPStatus.SERVICE_UNAVAILABLE
             )
+        if self.log.crowded():
+            await self._log_room()
         keys = [f.key for f in flights]
         assigned = [routing.assign(k) for k in keys]
         t0 = time.perf_counter()
@@ -227,6 +235,13 @@ class Scorer:
             )
             for i in range(len(flights))
         ]
+
+    async def _log_room(self) -> None:
+        """Wait, without holding the loop, until the log's writer catches up or LOG_WAIT_SECONDS
+        pass (then the log's own bound decides)."""
+        deadline = time.monotonic() + LOG_WAIT_SECONDS
+        while self.log.crowded() and time.monotonic() < deadline:
+            await asyncio.sleep(LOG_POLL_SECONDS)
 
     def _shadow(self, shadow: Variant, flights: list[Flight], rows: Any, counts: Counts) -> list[float | None]:
         """The shadow's probability for each flight (None where it failed), one batch call; its

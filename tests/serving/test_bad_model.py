@@ -28,7 +28,7 @@ from tests.support.deployments import Deployment, FlightRequest, clone_deploymen
 from tests.support.servers import MAX_BATCH
 
 POLICY = RollbackPolicy()  # the stated defaults: 0.02 of log loss, 300+ labelled flights, alpha 0.05
-MOST_LABELLED = 3_000  # the scenario fails if the rollback needs more labelled predictions than this
+MOST_LABELLED = 8_000  # the scenario fails if the rollback needs more labelled predictions than this
 FOLLOW_SECONDS = 10.0  # the service answers with the restored champion within this long
 
 
@@ -61,7 +61,7 @@ def test_a_bad_model_forced_into_champion_is_rolled_back_by_the_loop_with_no_fai
         training.assign(is_late=labels),
         "is_late",
         model_lib.FLIGHT_DELAY_FEATURES,
-        model_lib.TrainingConfig(hidden_units=(16,), max_epochs=3, seed=5),
+        model_lib.TrainingConfig(hidden_units=(32,), max_epochs=10, seed=5),
     )
     bad = registry.register(MODEL_NAME, lambda path: model_lib.export(shuffled, path), {}, {})
     home = str(deployment.layout.bentoml_home)

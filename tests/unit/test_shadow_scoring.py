@@ -145,3 +145,42 @@ def test_the_flights_a_shadow_scores_are_kept_and_only_the_others_counted_as_err
     assert list(rows["shadow_model_version"]) == [SHADOW, None, SHADOW, None]
     assert rows["shadow_probability"].tolist()[::2] == [0.1, 0.3] and rows["shadow_probability"].iloc[1::2].isna().all()
     assert counted[(SHADOW_ERRORS, (SHADOW,))] == 2 and counted[(PREDICTIONS, (SHADOW, "challenger"))] == 2
+
+
+def test_a_call_waits_on_the_loop_while_the_log_is_behind_and_is_served_once_it_catches_up(tmp_path):
+    """Backpressure: with half the log's bound waiting (here: the database locked by another
+    connection), a call is not scored and not refused; it waits without holding the loop, and
+    is answered once the writer has caught up."""
+    import sqlite3
+
+    champion = StandInModel(FeatureSpec(numeric=("temp",), categorical=()), lambda inputs: [0.2] * len(inputs["temp"]))
+    routing = Routing(Variant("champion", CHAMPION, champion), None, None, 0.0)
+    log = PredictionLogWriter(tmp_path / "predictions.db", flush_seconds=0.01, max_backlog=20, retention_days=0)
+    telemetry = Telemetry()
+    scorer = Scorer(FixedRouter(routing), RowsRead(_rows(1)), telemetry, log, 0.3, None, None)  # type: ignore[arg-type]
+    locker = sqlite3.connect(tmp_path / "predictions.db", timeout=5, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    for i in range(10):  # half the bound, not written while the lock is held
+        log.predicted(f"queued-{i}", f"k{i}", CHAMPION, "champion", 0.5, {})
+
+    async def scenario() -> tuple[bool, float, list[Any]]:
+        started = asyncio.get_running_loop().time()
+        call = asyncio.ensure_future(scorer.score(_flights(1), "predict"))
+        ticks = 0
+        for _ in range(20):  # the loop keeps turning meanwhile: 0.2 s of other work
+            await asyncio.sleep(0.01)
+            ticks += 1
+        waiting = not call.done() and ticks == 20
+        locker.execute("ROLLBACK")
+        answers = await asyncio.wait_for(call, 10)
+        return waiting, asyncio.get_running_loop().time() - started, answers
+
+    try:
+        waiting, seconds, answers = asyncio.run(scenario())
+    finally:
+        locker.close()
+        log.close()
+        telemetry.close()
+    assert waiting, "the call was scored while the log was behind"
+    assert [a.probability for a in answers] == [0.2] and seconds >= 0.2
+    assert len(read_log(tmp_path / "predictions.db")) == 11  # the ten queued and the call's
