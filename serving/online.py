@@ -50,6 +50,7 @@ class FeatureRows:
     unknown: list[list[str]]
     reads: Counter[tuple[str, str]]  # (view, "store" | "cache") -> rows
     future: Counter[str] = field(default_factory=Counter)  # view -> values served as missing
+    ages_by_view: dict[str, list[float | None]] = field(default_factory=dict)  # the ages, a column per view
 
     def subset(self, members: list[int]) -> FeatureRows:
         """The rows of the flights at positions ``members``, in that order (counts are the call's)."""
@@ -60,6 +61,7 @@ class FeatureRows:
             [self.unknown[i] for i in members],
             self.reads,
             self.future,
+            {v: [col[i] for i in members] for v, col in self.ages_by_view.items()},
         )
 
 
@@ -275,7 +277,7 @@ class Lookup:
                 flags = [a and b for a, b in zip(flags, missing[name])]
             for i in compress(range(n), flags):
                 unknown[i].append(entity)
-        return FeatureRows(found, times, ages, unknown, reads, future)
+        return FeatureRows(found, times, ages, unknown, reads, future, dict(zip(names, age_columns)))
 
 
 def _service_views(store: Any, service_name: str) -> list[_View]:

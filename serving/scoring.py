@@ -196,7 +196,7 @@ class Scorer:
                 variant.tag, variant.name, scores, inputs, variant.model.reference, unknown, counts
             )
         self.telemetry.online_reads(rows.reads, rows.future, counts)
-        self.telemetry.ages(rows.ages)
+        self.telemetry.ages(rows.ages_by_view)
         self.telemetry.tally.add(counts)
         shadow_tag = shadow.tag if shadow is not None else None
         ids = [f"{self._id_prefix}{next(self._ids):016x}" for _ in flights]

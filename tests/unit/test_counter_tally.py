@@ -118,3 +118,34 @@ def test_deferred_predictions_are_binned_at_the_flush_as_each_call_alone_would_b
     assert sample("flight_delay_predictions_total") == 6
     assert sample("flight_delay_prediction_score_count") == 6
     assert sample("flight_delay_prediction_score_bucket", le="0.5") == 4  # 0.1, 0.2, 0.3 and 0.5
+
+
+def test_a_calls_own_lists_are_not_kept_until_the_flush():
+    """The tally gathers values into its own lists: a call's input columns are free as soon as the
+    call ends (kept for a second they outlived the young garbage collections, and full collections
+    became the service's tail latency), and changing them afterwards changes no count."""
+    reference = Reference(
+        {"temp": Binning("temp", edges=(10.0,)), "carrier": Binning("carrier", categories=("UA",))}, {}
+    )
+    telemetry = Telemetry()
+    tag = f"flight_delay:own{time.monotonic_ns()}"
+    try:
+        for _ in range(50):
+            inputs = {"temp": [5.0, 15.0], "carrier": ["UA", "AA"]}
+            scores = [0.2, 0.7]
+            telemetry.predictions(tag, "champion", scores, inputs, reference, [[], []], Counter())
+            held = [v for values in telemetry.tally._values.values() for v in [values]]
+            assert not any(v is inputs["temp"] or v is inputs["carrier"] or v is scores for v in held)
+            inputs["temp"].clear()
+            inputs["carrier"].append("DL")
+        assert len(telemetry.tally._values) == 3  # the scores, temp and carrier: not one entry per call
+        telemetry.tally.flush()
+    finally:
+        telemetry.close()
+    bins = {
+        (f, b): REGISTRY.get_sample_value(
+            "flight_delay_feature_value_total", {"model_version": tag, "variant": "champion", "feature": f, "bin": b}
+        )
+        for f, b in (("temp", "0"), ("temp", "1"), ("carrier", "UA"), ("carrier", "other"))
+    }
+    assert bins == {("temp", "0"): 50, ("temp", "1"): 50, ("carrier", "UA"): 50, ("carrier", "other"): 50}
