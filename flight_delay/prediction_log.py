@@ -181,14 +181,6 @@ PREDICTION_FIELDS = (
 FEEDBACK_FIELDS = ("request_id", "received_at", "flight_key", "departure_delay_minutes", "late")
 
 
-def _insert(table: str, fields: tuple[str, ...]) -> str:
-    # A request id is written once: a replayed spill or a second outcome changes nothing.
-    marks = ",".join("?" * len(fields))
-    return f"INSERT INTO {table} ({', '.join(fields)}) VALUES ({marks}) ON CONFLICT (request_id) DO NOTHING"
-
-
-INSERT_PREDICTION = _insert("predictions", PREDICTION_FIELDS)
-INSERT_FEEDBACK = _insert("feedback", FEEDBACK_FIELDS)
 # Rows per INSERT statement when a batch is written. ``executemany`` steps SQLite once per row and
 # lets go of Python's GIL around each step; in a service whose event loop keeps the GIL busy, the
 # writer thread then waits up to a switch interval to get it back after every row, and writes a
@@ -197,17 +189,22 @@ ROWS_PER_STATEMENT = 500
 
 
 @functools.lru_cache(maxsize=8)
-def _insert_rows(table: str, fields: tuple[str, ...], rows: int) -> str:
-    """An INSERT of ``rows`` rows at once, with the same conflict rule as :func:`_insert`."""
+def _insert(table: str, fields: tuple[str, ...], rows: int = 1) -> str:
+    """An INSERT of ``rows`` rows at once. A request id is written once: a replayed spill or a
+    second outcome changes nothing."""
     marks = "(" + ",".join("?" * len(fields)) + ")"
     values = ",".join([marks] * rows)
     return f"INSERT INTO {table} ({', '.join(fields)}) VALUES {values} ON CONFLICT (request_id) DO NOTHING"
 
 
+INSERT_PREDICTION = _insert("predictions", PREDICTION_FIELDS)
+INSERT_FEEDBACK = _insert("feedback", FEEDBACK_FIELDS)
+
+
 def _insert_many(conn: sqlite3.Connection, table: str, fields: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
         chunk = rows[start : start + ROWS_PER_STATEMENT]
-        conn.execute(_insert_rows(table, fields, len(chunk)), list(itertools.chain.from_iterable(chunk)))
+        conn.execute(_insert(table, fields, len(chunk)), list(itertools.chain.from_iterable(chunk)))
 
 
 @dataclass
@@ -524,7 +521,6 @@ def utc_from_unix(seconds: pd.Series) -> pd.Series:
 
 
 def _typed(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
-
     frame["request_id"] = frame["request_id"].astype(object)
     for column in ("flight_key", "model_version", "variant", "shadow_model_version"):
         frame[column] = frame[column].astype(object)

@@ -62,7 +62,7 @@ DAY_SECONDS = 86_400.0
 # What :meth:`PredictionLogWriter.predicted_many` takes per prediction: request id, flight key,
 # model version, variant, probability, features, prediction time (unix seconds or None), shadow
 # model version and shadow probability (both None without a shadow figure).
-Prediction = tuple[str, str, str, str, float, dict[str, Any], float | None, str | None, float | None]
+PredictionRecord = tuple[str, str, str, str, float, dict[str, Any], float | None, str | None, float | None]
 
 
 class LogUnavailable(RuntimeError):
@@ -204,7 +204,7 @@ class PredictionLogWriter:
             ]
         )
 
-    def predicted_many(self, predictions: list[Prediction]) -> None:
+    def predicted_many(self, predictions: list[PredictionRecord]) -> None:
         """Queue a call's predictions at once, each as :meth:`predicted` takes it, in its order:
         all of them or, when one is invalid or the log cannot take them, none."""
         now = self.clock()

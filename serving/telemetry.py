@@ -291,8 +291,8 @@ class CounterTally:
 
 class Telemetry:
     """One worker's metric updates: each series looked up once (``labels()`` validates and locks
-    on every call); the request path hands counts, observations and per-call records to a
-    :class:`CounterTally`, whose thread bins and applies them."""
+    on every call); the request path hands counts, observations and values gathered per series
+    to a :class:`CounterTally`, whose thread bins and applies them."""
 
     def __init__(self) -> None:
         self.tally = CounterTally(expand=self._expand)
@@ -363,14 +363,14 @@ class Telemetry:
         """The tally thread's half of :meth:`predictions` and :meth:`ages`: every call of the
         interval binned at once, per model, variant and feature."""
         for key, gathered in values.items():
-            if key[0] is _AGES:
+            if key[0] == _AGES:
                 ages = [a for a in gathered if a is not None and a >= 0]
                 if ages:
                     index, n = np.unique(np.searchsorted(FEATURE_AGE_BUCKETS, ages, side="left"), return_counts=True)
                     for i, c in zip(index.tolist(), n.tolist()):
                         counts[(_AGE_BIN, (key[1], i))] += c
                 continue
-            if key[0] is _SCORES:  # the score histogram, and the score's bins when it has a reference
+            if key[0] == _SCORES:  # the score histogram, and the score's bins when it has a reference
                 _, tag, variant = key
                 observed.setdefault(self.series(SCORE, tag, variant), []).extend(gathered)
                 feature = SCORE_FEATURE
