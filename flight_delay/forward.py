@@ -2,16 +2,18 @@
 
 ``forward.npz`` (written by :func:`flight_delay.model.export`) holds the network's preprocessing
 and weights as plain arrays; :class:`NumpyForward` runs the forward pass in numpy, in float32 like
-TensorFlow. :class:`ServingModel` loads an exported model for serving: the SavedModel (the
-canonical artifact) is checked against the numpy pass on a probe batch when the model is loaded.
+TensorFlow. :func:`check_export` checks it against the SavedModel (the canonical artifact) on a
+probe batch once, at export, and records the result; :class:`ServingModel` loads an exported model
+for serving without importing TensorFlow.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import logging
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -30,8 +32,6 @@ from flight_delay.model import (
     FeatureSpec,
     to_model_inputs,
 )
-
-log = logging.getLogger(__name__)
 
 
 def _relu(x: np.ndarray) -> np.ndarray:
@@ -253,68 +253,116 @@ class NumpyForward:
         return inputs
 
 
+EXPORT_CHECK_FILE = "export_check.json"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ExportCheck:
+    """The numpy forward pass checked against the SavedModel once, when the model was exported
+    (the only step that needs TensorFlow); the service trusts ``forward.npz`` only while its bytes
+    are the ones checked."""
+
+    max_abs_diff: float
+    tolerance: float
+    probe_rows: int
+    forward_sha256: str
+    tensorflow_version: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def read(cls, path: Path) -> ExportCheck:
+        file = Path(path) / EXPORT_CHECK_FILE
+        if not file.exists():
+            raise ValueError(
+                f"the model at {path} has no {EXPORT_CHECK_FILE}: its numpy forward pass was never checked "
+                f"against its SavedModel; check it with `python -m flight_delay.forward {path}` "
+                "(needs TensorFlow) or re-export the model"
+            )
+        try:
+            check = cls(**json.loads(file.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{file}: not an export check written by flight_delay.forward ({exc}); re-export") from exc
+        if not check.max_abs_diff <= check.tolerance:
+            raise ValueError(f"{file}: the export check failed (|numpy - SavedModel| = {check.max_abs_diff})")
+        return check
+
+
+def check_export(path: Path) -> ExportCheck:
+    """Compare the numpy forward pass of the export at ``path`` with its SavedModel on the probe
+    batch and record the result in ``export_check.json``; raises (recording nothing) when the
+    SavedModel cannot be loaded or the two disagree beyond :data:`PARITY_TOLERANCE`."""
+    import tensorflow as tf
+
+    path = Path(path)
+    spec = FeatureSpec.read(path)
+    forward_file = path / FORWARD_FILE
+    if not forward_file.exists():
+        raise ValueError(f"the model at {path} has no {FORWARD_FILE}, which the service runs; re-export it")
+    digest = _sha256(forward_file)
+    forward = NumpyForward.load(forward_file)
+    _check_columns(forward, spec, path)
+    try:
+        module = tf.saved_model.load(str(path))
+    except Exception as exc:  # the message of TF's own error is long and vague
+        raise ValueError(f"cannot load the SavedModel at {path}: {exc}") from exc
+    for endpoint in (SERVING_ENDPOINT, PACKED_ENDPOINT):
+        if not hasattr(module, endpoint):
+            raise ValueError(f"the SavedModel at {path} has no {endpoint!r} endpoint; re-export it")
+    probe = forward.probe_inputs()
+    numbers = np.array([probe[c] for c in spec.numeric], dtype=np.float32).T
+    categories = np.array([probe[c] for c in spec.categorical], dtype=object).T
+    served = getattr(module, PACKED_ENDPOINT)(tf.constant(numbers), tf.constant(categories, dtype=tf.string))
+    diff = float(np.max(np.abs(served.numpy().astype("float64") - forward.predict_inputs(probe))))
+    if not diff <= PARITY_TOLERANCE:  # NaN fails too
+        raise ValueError(
+            f"the model at {path}: numpy forward pass disagrees with the SavedModel by {diff}; re-export the model"
+        )
+    check = ExportCheck(diff, PARITY_TOLERANCE, len(numbers), digest, tf.__version__)
+    (path / EXPORT_CHECK_FILE).write_text(check.to_json())
+    return check
+
+
+def _check_columns(forward: NumpyForward, spec: FeatureSpec, path: Path) -> None:
+    if forward.numeric != spec.numeric or forward.categorical != spec.categorical:
+        raise ValueError(f"{path / FORWARD_FILE}: its columns differ from {path / SPEC_FILE}; re-export the model")
+
+
 class ServingModel:
-    """A loaded model. The SavedModel is always loaded (the canonical artifact, checked on load);
-    predictions come from the numpy forward pass of ``forward.npz`` when the export has one and it
-    agrees with the SavedModel on a probe batch, else from one TF graph call per batch."""
+    """A loaded model, served by the numpy forward pass of ``forward.npz``: no TensorFlow in the
+    serving process. The file must be the one checked against the SavedModel at export
+    (``export_check.json``, :func:`check_export`), byte for byte."""
 
     def __init__(self, path: Path) -> None:
         path = Path(path)
         self.spec = FeatureSpec.read(path)
-        self._serve = self._load_saved_model(path)
         self.reference = read_reference(path)
-        self._numpy: NumpyForward | None = None
-        self.engine = "tensorflow"
         forward_file = path / FORWARD_FILE
         if not forward_file.exists():
-            log.warning(
-                "%s has no %s (exported before the numpy forward pass): serving it with TensorFlow", path, FORWARD_FILE
-            )
-            return
-        forward = NumpyForward.load(forward_file)
-        if forward.numeric != self.spec.numeric or forward.categorical != self.spec.categorical:
-            raise ValueError(f"{forward_file}: its columns differ from {path / SPEC_FILE}; re-export the model")
-        probe = forward.probe_inputs()
-        diff = float(np.max(np.abs(self._predict_tf(probe) - forward.predict_inputs(probe))))
-        if not diff <= PARITY_TOLERANCE:  # NaN fails too
             raise ValueError(
-                f"the model at {path}: numpy forward pass disagrees with the SavedModel by {diff}; re-export the model"
+                f"the model at {path} has no {FORWARD_FILE} (exported before the numpy forward pass), "
+                "and the service runs no TensorFlow; re-export the model"
             )
-        self._numpy = forward
-        self.engine = "numpy"
-
-    def _load_saved_model(self, path: Path) -> Any:
-        """The packed endpoint as a concrete function (it skips tf.function's per-call signature
-        matching)."""
-        import tensorflow as tf
-
-        try:
-            module = tf.saved_model.load(str(path))
-        except Exception as exc:  # the message of TF's own error is long and vague
-            raise ValueError(f"cannot load the SavedModel at {path}: {exc}") from exc
-        for endpoint in (SERVING_ENDPOINT, PACKED_ENDPOINT):
-            if not hasattr(module, endpoint):
-                raise ValueError(f"the SavedModel at {path} has no {endpoint!r} endpoint; re-export it")
-        self._module, self._tf = module, tf
-        return getattr(module, PACKED_ENDPOINT).get_concrete_function(
-            tf.TensorSpec([None, len(self.spec.numeric)], tf.float32),
-            tf.TensorSpec([None, len(self.spec.categorical)], tf.string),
-        )
+        self.check = ExportCheck.read(path)
+        self._numpy = NumpyForward.load(forward_file)  # a malformed file: the error says what is wrong
+        _check_columns(self._numpy, self.spec, path)
+        if _sha256(forward_file) != self.check.forward_sha256:
+            raise ValueError(
+                f"{forward_file} is not the file checked against the SavedModel at export (its SHA-256 differs "
+                f"from {EXPORT_CHECK_FILE}'s); re-export the model"
+            )
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.predict_inputs(to_model_inputs(frame, self.spec))
+        return self._numpy.predict_inputs(to_model_inputs(frame, self.spec))
 
     def predict_inputs(self, inputs: dict[str, Any]) -> np.ndarray:
-        """Probabilities for named input columns (lists or arrays): numpy, else one graph call."""
-        if self._numpy is not None:
-            return self._numpy.predict_inputs(inputs)
-        return self._predict_tf(inputs)
-
-    def _predict_tf(self, inputs: dict[str, Any]) -> np.ndarray:
-        tf = self._tf
-        numbers = np.array([inputs[c] for c in self.spec.numeric], dtype=np.float32).T
-        categories = np.array([inputs[c] for c in self.spec.categorical], dtype=object).T
-        return self._serve(tf.constant(numbers), tf.constant(categories, dtype=tf.string)).numpy().astype("float64")
+        """Probabilities for named input columns (lists or arrays)."""
+        return self._numpy.predict_inputs(inputs)
 
 
 def read_reference(path: Path) -> Reference:
@@ -330,3 +378,20 @@ def read_reference(path: Path) -> Reference:
             ) from exc
     bins = Path(path) / "feature_bins.json"
     return Reference.from_bins(json.loads(bins.read_text()) if bins.exists() else {})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flight_delay.forward MODEL_DIR...``: check exports made before the check was
+    recorded (a model folder: a registry version's ``saved/``)."""
+    paths = argv if argv is not None else sys.argv[1:]
+    if not paths:
+        print("usage: python -m flight_delay.forward MODEL_DIR...", file=sys.stderr)
+        return 2
+    for p in paths:
+        check = check_export(Path(p))
+        print(f"{p}: numpy forward pass within {check.max_abs_diff:.2e} of the SavedModel")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,7 +9,6 @@ TensorFlow is imported lazily: importing this module stays cheap for the pipelin
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,10 +43,8 @@ SPEC_FILE = "feature_spec.json"  # which columns an exported model reads (Featur
 # the canonical artifact), for the numpy forward pass of flight_delay.forward.
 FORWARD_FILE = "forward.npz"
 FORWARD_FORMAT_VERSION = 1
-# Largest |numpy - SavedModel| tolerated on the probe batch when a model is loaded.
+# Largest |numpy - SavedModel| tolerated on the probe batch when a model is exported.
 PARITY_TOLERANCE = 1e-5
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -290,8 +287,9 @@ def forward_arrays(trained: TrainedModel) -> dict[str, np.ndarray]:
 
 
 def export(trained: TrainedModel, path: Path) -> None:
-    """Write a SavedModel whose ``serve`` endpoint takes a dict of raw feature tensors, and
-    ``forward.npz`` (see :func:`forward_arrays`) for the numpy forward pass."""
+    """Write a SavedModel whose ``serve`` endpoint takes a dict of raw feature tensors,
+    ``forward.npz`` (see :func:`forward_arrays`) for the service's numpy forward pass, and the
+    check of one against the other (``export_check.json``); a failed check raises."""
     import keras
     import tensorflow as tf
 
@@ -326,12 +324,15 @@ def export(trained: TrainedModel, path: Path) -> None:
     (path / "feature_bins.json").write_text(json.dumps(trained.bins, indent=2))
     if trained.reference is not None:
         (path / REFERENCE_FILE).write_text(trained.reference.to_json())
-    if trained.preprocessing:
-        arrays: dict[str, Any] = forward_arrays(trained)
-        np.savez(path / FORWARD_FILE, allow_pickle=False, **arrays)  # plain arrays only
-    else:
-        (path / FORWARD_FILE).unlink(missing_ok=True)  # never leave a stale one from an earlier export
-        log.warning("no recorded preprocessing: %s exported without %s (served by TensorFlow)", path, FORWARD_FILE)
+    if not trained.preprocessing:
+        raise ValueError(
+            "the trained model records no preprocessing, so no numpy forward pass can be exported for the "
+            "service (which runs no TensorFlow); train it with flight_delay.model.train"
+        )
+    np.savez(path / FORWARD_FILE, allow_pickle=False, **forward_arrays(trained))  # plain arrays only
+    from flight_delay.forward import check_export  # it imports this module
+
+    check_export(path)
 
 
 MODEL_NAME = "flight_delay"

@@ -227,6 +227,7 @@ class CounterTally:
         self._counts: Counts = Counter()
         self._observed: dict[Any, list[float]] = {}
         self._values: dict[Any, list[Any]] = {}
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}  # flush's thread only
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="metrics-tally", daemon=True)
@@ -268,16 +269,24 @@ class CounterTally:
                 view, index = labels
                 ages.setdefault(view, [0] * (len(FEATURE_AGE_BUCKETS) + 1))[index] += amount
                 continue
-            metric.labels(*labels).inc(amount)
+            self._child(metric, labels).inc(amount)
         for view, per_bucket in ages.items():
             running = 0
             for le, n in zip(AGE_LABELS, per_bucket):
                 running += n
                 if running:
-                    FEATURE_AGE.labels(view, le).inc(running)
+                    self._child(FEATURE_AGE, (view, le)).inc(running)
         for child, values in observed.items():
             observe_many(child, values)
         WORKER_MEMORY.set(_resident_bytes())
+
+    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        """``metric.labels(*labels)``, looked up once: ``labels()`` validates and locks on every call,
+        and a flush makes hundreds of updates while it holds the GIL beside the event loop."""
+        child = self._children.get((metric, labels))
+        if child is None:
+            child = self._children[(metric, labels)] = metric.labels(*labels)
+        return child
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -5,6 +5,8 @@ request and is counted."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ import pandas as pd
 import pytest
 
 from flight_delay import model as model_lib
+from flight_delay.forward import EXPORT_CHECK_FILE, ExportCheck
 from flight_delay.model import FORWARD_FILE, MODEL_NAME
 from flight_delay.prediction_log import paired_outcomes, read_log
 from tests.support.deployments import Deployment, FlightRequest, clone_deployment
@@ -53,15 +56,21 @@ def shadows(serve: Any, serving_deployment: Deployment, tmp_path_factory: pytest
     working = clone_deployment(serving_deployment, root / "working")
     working_tag = _register(working, lambda path: model_lib.export(small, path), "test: shadow")
 
-    broken = model_lib.train(training, "is_late", SHADOW_SPEC, config)
-    last = [layer for layer in broken.keras_model.layers if layer.get_weights()][-1]
-    last.set_weights([np.full_like(w, np.nan) for w in last.get_weights()])
-
     def export_broken(path: Path) -> None:
-        model_lib.export(broken, path)
-        # Served by its SavedModel alone (the numpy pass would be refused for disagreeing with it):
-        # it loads, its spec is one the service can build, and every probability is NaN.
-        (path / FORWARD_FILE).unlink()
+        model_lib.export(small, path)
+        # A model that passed its export check yet answers NaN on live inputs (a probe batch
+        # cannot cover every input): the service loads it, can build its features, and every
+        # probability is NaN. Rewritten so that +inf meets -inf in the output layer, and its check
+        # recorded again for the rewritten file (the service refuses any other).
+        with np.load(path / FORWARD_FILE) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        arrays["kernel_0"] = np.zeros_like(arrays["kernel_0"])
+        arrays["bias_0"] = np.full_like(arrays["bias_0"], 3e38)
+        arrays["kernel_1"] = np.where(np.arange(len(arrays["kernel_1"]))[:, None] % 2, -3e38, 3e38).astype(np.float32)
+        np.savez(path / FORWARD_FILE, **arrays)
+        check = ExportCheck.read(path)
+        sha = hashlib.sha256((path / FORWARD_FILE).read_bytes()).hexdigest()
+        (path / EXPORT_CHECK_FILE).write_text(dataclasses.replace(check, forward_sha256=sha).to_json())
 
     failing = clone_deployment(serving_deployment, root / "failing")
     failing_tag = _register(failing, export_broken, "test: a shadow that fails")

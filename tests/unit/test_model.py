@@ -1,6 +1,9 @@
 """The network: preprocessing inside the saved model, identical answers after export, OOV and
 missing values served, and behaviour on a learnable signal (direction, invariance)."""
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +12,8 @@ import pytest
 
 from flight_delay import model as M
 from flight_delay.drift import bin_counts
-from flight_delay.forward import NumpyForward, ServingModel
+from flight_delay.forward import EXPORT_CHECK_FILE, ExportCheck, NumpyForward, ServingModel, check_export
+from flight_delay.forward import main as forward_main
 from tests.support.synthetic import SPEC, synthetic_frame
 
 
@@ -66,7 +70,7 @@ def test_broken_artifact_gives_a_clear_error(tmp_path: Path, trained):
     M.export(trained, path)
     (path / "saved_model.pb").write_bytes(b"not a protobuf")
     with pytest.raises(ValueError, match="cannot load the SavedModel"):
-        ServingModel(path)
+        check_export(path)
     with pytest.raises(FileNotFoundError, match="feature_spec.json"):
         ServingModel(tmp_path)
 
@@ -142,7 +146,6 @@ def test_numpy_forward_matches_keras_and_the_savedmodel(which, request, tmp_path
     serve_p = module.serve({c: tf.constant(v) for c, v in inputs.items()}).numpy()
     numpy_p = NumpyForward.load(path / M.FORWARD_FILE).predict_inputs(inputs)
     served = ServingModel(path)
-    assert served.engine == "numpy"
     served_p = served.predict(rows)
 
     assert numpy_p.dtype == np.float64 and numpy_p.shape == (len(rows),)
@@ -258,25 +261,60 @@ def test_forward_file_disagreeing_with_the_savedmodel_is_refused(export_dir, tmp
     path = _copy(export_dir, tmp_path)
     _rewrite(path, change)
     with pytest.raises(ValueError, match="numpy forward pass disagrees with the SavedModel by .*re-export"):
+        check_export(path)
+    # The service runs no TensorFlow: it refuses a file other than the one checked at export.
+    with pytest.raises(ValueError, match="not the file checked against the SavedModel at export"):
         ServingModel(path)
 
 
-def test_model_exported_without_forward_file_is_served_by_tensorflow(export_dir, trained, tmp_path, caplog):
+def test_export_records_its_check_and_the_service_needs_it(export_dir, trained, tmp_path):
+    path = _copy(export_dir, tmp_path)
+    check = ExportCheck.read(path)
+    assert check.max_abs_diff <= check.tolerance == M.PARITY_TOLERANCE and check.probe_rows == 8
+    (path / EXPORT_CHECK_FILE).unlink()
+    with pytest.raises(ValueError, match=r"no export_check\.json.*python -m flight_delay\.forward"):
+        ServingModel(path)
+    assert forward_main([str(path)]) == 0  # what the message says to run
+    rows = _hard_rows()
+    np.testing.assert_allclose(ServingModel(path).predict(rows), M.predict(trained, rows), atol=1e-5)
+
+
+def test_a_failed_check_is_refused(export_dir, tmp_path):
+    path = _copy(export_dir, tmp_path)
+    record = json.loads((path / EXPORT_CHECK_FILE).read_text())
+    (path / EXPORT_CHECK_FILE).write_text(json.dumps(record | {"max_abs_diff": 0.5}))
+    with pytest.raises(ValueError, match="the export check failed"):
+        ServingModel(path)
+
+
+def test_model_exported_without_forward_file_is_refused_with_what_to_do(export_dir, tmp_path):
     path = _copy(export_dir, tmp_path)
     (path / M.FORWARD_FILE).unlink()
-    with caplog.at_level("WARNING", logger="flight_delay.forward"):
-        served = ServingModel(path)
-    assert served.engine == "tensorflow"
-    assert sum(M.FORWARD_FILE in r.getMessage() for r in caplog.records) == 1
-    rows = _hard_rows()
-    np.testing.assert_allclose(served.predict(rows), M.predict(trained, rows), atol=1e-5)
+    with pytest.raises(ValueError, match=r"no forward\.npz .*runs no TensorFlow; re-export"):
+        ServingModel(path)
 
 
-def test_trained_model_without_preprocessing_still_exports(trained, tmp_path):
+def test_trained_model_without_preprocessing_is_not_exported(trained, tmp_path):
     legacy = M.TrainedModel(trained.keras_model, trained.spec, trained.config, {}, 0, {})  # positional
-    M.export(legacy, tmp_path / "saved")
-    assert not (tmp_path / "saved" / M.FORWARD_FILE).exists()
-    assert ServingModel(tmp_path / "saved").engine == "tensorflow"
+    with pytest.raises(ValueError, match="no preprocessing"):
+        M.export(legacy, tmp_path / "saved")
+
+
+def test_serving_a_model_imports_no_tensorflow(export_dir):
+    """The service's modules and a served prediction, in a fresh interpreter: neither TensorFlow
+    nor Keras is imported (the lean serving image has neither)."""
+    code = f"""
+import sys
+import serving.service, serving.routing, serving.scoring
+from flight_delay.forward import ServingModel
+from tests.support.synthetic import synthetic_frame
+ServingModel({str(export_dir)!r}).predict(synthetic_frame(10, 0))
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras"))
+print(heavy)
+sys.exit(1 if heavy else 0)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
 
 def test_bin_counts_small_and_large_inputs_agree():

@@ -127,7 +127,7 @@ def test_a_broken_champion_keeps_the_previous_one_serving(registry, export_dir):
     good = register(registry, export_dir)
     registry.promote("m", good, "first", expected_champion=None)
     with router_over(registry, clock) as router:
-        assert tags(router) == (good, None) and router.routing.champion.model.engine == "numpy"
+        assert tags(router) == (good, None)
 
         broken = register(registry, export_dir, corrupt=True)
         registry.promote("m", broken, "a bad export", expected_champion=good)
