@@ -26,23 +26,23 @@ def prediction_bento(context: dg.AssetExecutionContext, model_registry: ModelReg
     if champion is None:
         raise dg.Failure("no champion is promoted yet: materialize model_promotion first")
     models = list(state.serving)  # what the registry says takes traffic: never a model it did not choose
-    # BentoML reads the requirements file only by a relative, non-hidden path inside the context.
-    (PROJECT_ROOT / "build").mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=PROJECT_ROOT / "build") as tmp:
-        requirements = Path(tmp) / "requirements.txt"
-        uv = shutil.which("uv")
-        if uv is None:
-            raise dg.Failure("uv is needed to export the pinned requirements from uv.lock; install it (pip install uv)")
-        subprocess.run(
-            [uv, "export", "--frozen", "--no-dev", "--no-hashes", "--no-emit-project", "-o", str(requirements)],
-            cwd=PROJECT_ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        spec = yaml.safe_load((PROJECT_ROOT / "serving" / "bentofile.yaml").read_text())
-        spec["python"] = {**spec.get("python", {}), "requirements_txt": str(requirements.relative_to(PROJECT_ROOT))}
-        spec["models"] = models
+    uv = shutil.which("uv")
+    if uv is None:
+        raise dg.Failure("uv is needed to export the pinned requirements from uv.lock; install it (pip install uv)")
+    exported = subprocess.run(
+        [uv, "export", "--frozen", "--no-dev", "--no-hashes", "--no-emit-project", "--no-header", "--no-annotate"],
+        cwd=PROJECT_ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    # The pinned requirements go into the bentofile itself, and the bentofile into a temporary
+    # folder: nothing is written under the project, whose folder is read-only in the images.
+    requirements = [line.strip() for line in exported.stdout.splitlines() if line.strip() and not line.startswith("#")]
+    spec = yaml.safe_load((PROJECT_ROOT / "serving" / "bentofile.yaml").read_text())
+    spec["python"] = {**spec.get("python", {}), "packages": requirements}
+    spec["models"] = models
+    with tempfile.TemporaryDirectory() as tmp:
         bentofile = Path(tmp) / "bentofile.yaml"
         bentofile.write_text(yaml.safe_dump(spec))
         env = dict(os.environ, BENTOML_HOME=str(registry.home), BENTOML_DO_NOT_TRACK="true")
