@@ -31,7 +31,8 @@ def deployment_profile() -> Profile:
 def k8s_executor_config() -> dict[str, Any]:
     """Config of the k8s executor: each setting read from its environment variable at run start,
     and left to dagster-k8s's default when the variable is not set where the definitions load."""
-    config: dict[str, Any] = {}
+    # Steps call no Kubernetes API (the run worker creates their Jobs): no token in their pods.
+    config: dict[str, Any] = {"step_k8s_config": {"pod_spec_config": {"automount_service_account_token": False}}}
     if os.environ.get(NAMESPACE_ENV):
         config["job_namespace"] = {"env": NAMESPACE_ENV}
     if os.environ.get(IMAGE_ENV):
