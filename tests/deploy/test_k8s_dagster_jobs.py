@@ -87,3 +87,46 @@ def test_the_chart_launcher_config_is_refused_when_dagster_k8s_would_refuse_it()
     values["runLauncher"]["config"]["k8sRunLauncher"]["imagePullPolicy"] = ["Always"]
     with pytest.raises(ValueError, match="is not K8sRunLauncher's"), dagster_jobs.run_launcher(values):
         pass
+
+
+# Keys of the chart's K8sRunLauncherConfig (helm/dagster/schema, chart 1.13): the values are
+# checked by structure, the chart's values.schema.json not being vendored here.
+K8S_RUN_LAUNCHER_KEYS = {
+    "image",
+    "imagePullPolicy",
+    "jobNamespace",
+    "loadInclusterConfig",
+    "kubeconfigFile",
+    "envConfigMaps",
+    "envSecrets",
+    "envVars",
+    "volumeMounts",
+    "volumes",
+    "labels",
+    "failPodOnRunFailure",
+    "resources",
+    "schedulerName",
+    "securityContext",
+    "runK8sConfig",
+}
+
+
+@pytest.mark.parametrize("name", VALUES)
+def test_the_chart_values_launch_runs_on_kubernetes_from_the_code_location_with_no_password(name: str) -> None:
+    values = yaml.safe_load((dagster_jobs.DAGSTER_VALUES / name).read_text())
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    assert set(values["runLauncher"]["config"]["k8sRunLauncher"]) <= K8S_RUN_LAUNCHER_KEYS
+    assert values["dagsterDaemon"]["enabled"] is True and values["dagsterDaemon"]["sensors"]["useThreads"] is True
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    assert deployment["dagsterApiGrpcArgs"] == ["-m", "pipeline.definitions"]
+    assert deployment["includeConfigInLaunchedRuns"] == {"enabled": True}
+    env = {e["name"]: e for e in deployment["env"]}
+    assert env["FLIGHT_DELAY_LOOP_SENSORS"]["value"] == "on"
+    assert "postgresqlPassword" not in values["postgresql"], "no password in a values file"
+    if name == "values-aws.yaml":
+        assert values["postgresql"]["enabled"] is False and values["generatePostgresqlPasswordSecret"] is False
+        assert values["postgresql"]["postgresqlHost"].endswith(".rds.amazonaws.com")
+        for secret_env in ("FLIGHT_DELAY_ONLINE_STORE", "FLIGHT_DELAY_DATABASE_URL"):
+            assert env[secret_env]["valueFrom"]["secretKeyRef"]["name"] == "flight-delay-aws"
+    else:
+        assert values["postgresql"]["enabled"] is True
