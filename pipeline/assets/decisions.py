@@ -16,6 +16,7 @@ from pydantic import Field
 from flight_delay.model import MODEL_NAME
 from flight_delay.registry import ChampionEvent, ConflictError, ModelRegistry, RegistryState
 from pipeline.resources import ModelRegistryResource
+from pipeline.step_resources import step_op_tags
 
 GROUP = "model_lifecycle"
 SHADOW_SHARE = 1.0  # a shadow challenger scores every flight
@@ -85,7 +86,7 @@ def _figure_metadata(figures: dict[str, Any], prefix: str = "") -> dict[str, Any
     return out
 
 
-@dg.asset(group_name=GROUP, kinds={"bentoml"}, deps=["model_promotion"])
+@dg.asset(group_name=GROUP, op_tags=step_op_tags(GROUP), kinds={"bentoml"}, deps=["model_promotion"])
 def model_decisions(
     context: dg.AssetExecutionContext, config: DecisionConfig, model_registry: ModelRegistryResource
 ) -> dg.MaterializeResult:

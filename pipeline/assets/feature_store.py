@@ -7,6 +7,7 @@ from pydantic import Field
 from features import BATCH_TABLES, STREAM_TABLES, push_source_name
 from pipeline.partitions import daily_partitions
 from pipeline.resources import FeatureStoreResource, TableStore
+from pipeline.step_resources import step_op_tags
 
 GROUP = "feature_store"
 FEATURE_TABLES = [*BATCH_TABLES, *STREAM_TABLES]
@@ -14,7 +15,7 @@ FEATURE_TABLES = [*BATCH_TABLES, *STREAM_TABLES]
 
 # Applying definitions reads no feature data, so the registry depends on none: it can be applied
 # before the first partition exists, and the online store (which does read data) follows both.
-@dg.asset(group_name=GROUP, kinds={"feast"})
+@dg.asset(group_name=GROUP, op_tags=step_op_tags(GROUP), kinds={"feast"})
 def feature_registry(feature_store: FeatureStoreResource) -> dg.MaterializeResult:
     """Feast registry with every entity, source, feature view and feature service applied."""
     store = feature_store.store()
@@ -53,6 +54,7 @@ def latest_per_entity(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 @dg.asset(
     group_name=GROUP,
+    op_tags=step_op_tags(GROUP),
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     deps=[feature_registry, *FEATURE_TABLES],

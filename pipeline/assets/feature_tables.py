@@ -10,6 +10,7 @@ from flight_delay import feature_tables as tables
 from flight_delay import schemas
 from pipeline.checks import publish_if_valid, require_valid, schema_check_spec, validate_raw_weather
 from pipeline.partitions import daily_asset
+from pipeline.step_resources import step_op_tags
 
 GROUP = "feature_tables"
 OFFLINE_IO = "offline_io_manager"
@@ -23,7 +24,12 @@ def _feature_table_asset(name: str, partition_column: str | None, **kwargs) -> d
     check = [schema_check_spec(name, "Feature table schema and ranges.")]
     if partition_column is None:
         return dict(
-            group_name=GROUP, io_manager_key=OFFLINE_IO, kinds={"pandas", "parquet"}, check_specs=check, **kwargs
+            group_name=GROUP,
+            op_tags=step_op_tags(GROUP),
+            io_manager_key=OFFLINE_IO,
+            kinds={"pandas", "parquet"},
+            check_specs=check,
+            **kwargs,
         )
     return daily_asset(GROUP, partition_column, io_manager_key=OFFLINE_IO, check_specs=check, **kwargs)
 

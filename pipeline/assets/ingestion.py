@@ -9,6 +9,7 @@ from flight_delay import schemas
 from pipeline.checks import check_result, schema_check_spec, validate_raw_flights, validate_raw_weather
 from pipeline.partitions import daily_asset
 from pipeline.resources import FlightDataSource
+from pipeline.step_resources import step_op_tags
 
 GROUP = "ingestion"
 
@@ -17,6 +18,7 @@ def _reference_asset(name: str, table: str, schema: type, description: str) -> d
     @dg.asset(
         name=name,
         group_name=GROUP,
+        op_tags=step_op_tags(GROUP),
         description=description,
         check_specs=[schema_check_spec(name, f"{schema.__name__}: types, ranges, unique keys.")],
         kinds={"pandas", "parquet"},

@@ -16,6 +16,7 @@ from flight_delay.prediction_log import data_days
 from flight_delay.registry import ModelRegistry
 from pipeline.partitions import daily_asset
 from pipeline.resources import MetricsSource, ModelRegistryResource, PredictionLogResource, TableStore
+from pipeline.step_resources import step_op_tags
 
 GROUP = "monitoring"
 
@@ -64,7 +65,7 @@ def _references(registry: ModelRegistry, models: set[str]) -> dict[str, Referenc
     return {m: read_reference(registry.model_dir(m)) for m in sorted(models)}
 
 
-@dg.asset(group_name=GROUP, kinds={"prometheus", "pandas", "parquet"})
+@dg.asset(group_name=GROUP, op_tags=step_op_tags(GROUP), kinds={"prometheus", "pandas", "parquet"})
 def model_monitoring(
     context: dg.AssetExecutionContext,
     config: MonitoringConfig,

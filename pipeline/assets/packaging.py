@@ -13,11 +13,12 @@ import yaml
 from flight_delay.model import MODEL_NAME
 from flight_delay.paths import PROJECT_ROOT
 from pipeline.resources import ModelRegistryResource
+from pipeline.step_resources import step_op_tags
 
 GROUP = "packaging"
 
 
-@dg.asset(group_name=GROUP, deps=["model_promotion"], kinds={"bentoml"})
+@dg.asset(group_name=GROUP, op_tags=step_op_tags(GROUP), deps=["model_promotion"], kinds={"bentoml"})
 def prediction_bento(context: dg.AssetExecutionContext, model_registry: ModelRegistryResource) -> dg.MaterializeResult:
     """Bento of the prediction service: code, dependencies pinned from uv.lock, champion and challenger models."""
     registry = model_registry.registry()

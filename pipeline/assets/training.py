@@ -22,6 +22,7 @@ from flight_delay.training import SUMMARY_METRICS, evaluation_rows, fingerprint,
 from pipeline.checks import check_result, schema_check_spec
 from pipeline.partitions import days_between
 from pipeline.resources import FeatureStoreResource, ModelRegistryResource, TableStore
+from pipeline.step_resources import step_op_tags
 
 GROUP = "training"
 LOOP_TAG_PREFIX = "flight_delay/"  # run tags set by the loop's sensors (pipeline/sensors.py)
@@ -62,6 +63,7 @@ class PromotionConfig(dg.Config):
 
 @dg.asset(
     group_name=GROUP,
+    op_tags=step_op_tags(GROUP),
     deps=["departures", "feature_registry"],
     kinds={"feast", "pandas"},
     check_specs=[schema_check_spec("training_set", "One row per flight, 0/1 label, prediction before departure.")],
@@ -93,7 +95,12 @@ def training_set(
     yield check_result("training_set", schemas.validate(schema, frame))
 
 
-@dg.asset(group_name=GROUP, io_manager_key="artifact_io_manager", kinds={"tensorflow", "bentoml"})
+@dg.asset(
+    group_name=GROUP,
+    op_tags=step_op_tags(GROUP),
+    io_manager_key="artifact_io_manager",
+    kinds={"tensorflow", "bentoml"},
+)
 def delay_model(
     context: dg.AssetExecutionContext,
     config: ModelTrainingConfig,
@@ -130,7 +137,7 @@ def delay_model(
     )
 
 
-@dg.asset(group_name=GROUP, kinds={"bentoml"})
+@dg.asset(group_name=GROUP, op_tags=step_op_tags(GROUP), kinds={"bentoml"})
 def model_promotion(
     context: dg.AssetExecutionContext,
     config: PromotionConfig,
