@@ -4,9 +4,9 @@
 as a Kubernetes Job of its own (dagster-k8s's ``k8s_job_executor``) sized by its asset group
 (``pipeline.step_resources``); its namespace and image come from ``FLIGHT_DELAY_K8S_NAMESPACE`` and
 ``FLIGHT_DELAY_IMAGE`` when set, resolved when a run starts, else from the run launcher's namespace
-and the code location's image. ``aws`` is EKS: inside a pod (``KUBERNETES_SERVICE_HOST``, which
-Kubernetes sets in every container) its steps run as Kubernetes Jobs too; outside one, as when its
-storage is tried from a workstation, they stay in the run's process.
+and the code location's image. ``aws`` changes where state is kept (S3, Redis, PostgreSQL), not
+where steps run: they stay in the run's process. On a cluster (EKS) the Dagster deployment uses
+``k8s``, which is the aws storage with steps as Kubernetes Jobs.
 """
 
 import os
@@ -42,7 +42,7 @@ def k8s_executor_config() -> dict[str, Any]:
 
 def executor_for(profile: Profile) -> dg.ExecutorDefinition:
     """The executor of every job of the code location under ``profile``."""
-    if profile == "k8s" or (profile == "aws" and os.environ.get("KUBERNETES_SERVICE_HOST")):
+    if profile == "k8s":
         # Imported here: the kubernetes client costs seconds that local runs never need.
         from dagster_k8s import k8s_job_executor
 

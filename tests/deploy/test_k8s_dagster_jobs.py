@@ -63,9 +63,9 @@ def test_run_and_step_pods_are_hardened_and_only_run_workers_hold_an_api_token(r
         assert pod["automountServiceAccountToken"] is name.startswith("run-worker-"), name
 
 
-def test_pods_run_the_user_code_image_with_the_chart_environment(rendered) -> None:
+def test_pods_run_the_user_code_image_with_the_chart_environment(rendered, request: pytest.FixtureRequest) -> None:
     _, jobs = rendered
-    values = yaml.safe_load((dagster_jobs.DAGSTER_VALUES / f"values-{_profile_file(jobs)}.yaml").read_text())
+    values = yaml.safe_load((dagster_jobs.DAGSTER_VALUES / request.node.callspec.params["rendered"]).read_text())
     (deployment,) = values["dagster-user-deployments"]["deployments"]
     image = f"{deployment['image']['repository']}:{deployment['image']['tag']}"
     for name, job in jobs.items():
@@ -74,12 +74,8 @@ def test_pods_run_the_user_code_image_with_the_chart_environment(rendered) -> No
         assert container["image"] == image, name
         assert env["DAGSTER_PG_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "dagster-postgresql-secret"
         assert env["FLIGHT_DELAY_K8S_NAMESPACE"]["value"] == "flight-delay"
+        assert env["FLIGHT_DELAY_PROFILE"]["value"] == "k8s", name  # the aws storage, steps as Jobs
         assert container["args"][:3] == ["dagster", "api", "execute_run" if "run-worker" in name else "execute_step"]
-
-
-def _profile_file(jobs: dict[str, Any]) -> str:
-    env = {e["name"]: e.get("value") for e in _container(jobs["run-worker-retrain_job.yaml"])["env"]}
-    return {"k8s": "dev", "aws": "aws"}[env["FLIGHT_DELAY_PROFILE"]]
 
 
 def test_the_chart_launcher_config_is_refused_when_dagster_k8s_would_refuse_it() -> None:
