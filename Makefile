@@ -14,7 +14,7 @@ DAGSTER := $(UV) run --frozen dagster
 # Alertmanager with amtool (the rules, alerts and dashboards' queries).
 SYSTEM_PACKAGES := chromium redis-server openssl prometheus prometheus-alertmanager
 
-.PHONY: help setup system-deps demo evaluate materialize lint test ui serve bench bench-interference drift-scenario replay rollback monitor clean
+.PHONY: help setup system-deps demo evaluate materialize lint test ui serve bench bench-interference drift-scenario replay rollback monitor images deploy-check clean
 
 help:
 	@echo "make demo      set up, then materialize the whole graph on January-March 2013"
@@ -25,6 +25,8 @@ help:
 	@echo "make bench     latency and throughput of the service, beside its floor and a naive baseline"
 	@echo "make replay    March-December 2013 through the service and the loop's sensors (static vs monthly vs loop)"
 	@echo "make monitor   Prometheus (http://127.0.0.1:19090) and Alertmanager (:19093) watching make serve"
+	@echo "make images    the service and Dagster user-code images (needs a Docker engine)"
+	@echo "make deploy-check  render deploy/k8s and the Jobs Dagster creates, validate them, lint images and workflow, checkov"
 
 setup:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet 'uv>=0.5'
@@ -110,3 +112,26 @@ monitor: setup system-deps
 
 clean:
 	rm -rf data .dagster_home
+
+# The two images (deploy/docker/), where a Docker engine is; CI builds and pushes them on main.
+TAG ?= $(shell git rev-parse --short HEAD)
+images:
+	docker build -f deploy/docker/service.Dockerfile -t flight-delay-service:$(TAG) .
+	docker build -f deploy/docker/user-code.Dockerfile -t flight-delay-user-code:$(TAG) .
+
+# Everything deployable, checked without a cluster: both overlays and the Jobs dagster-k8s would
+# create, rendered into build/k8s and validated against Kubernetes 1.30; hadolint and the workflow
+# schema (the tests in tests/deploy/); checkov, in a venv of its own (its python-dateutil breaks
+# botocore in the project's).
+CHECKOV := build/checkov-venv/bin/checkov
+deploy-check: setup
+	@mkdir -p build/k8s
+	kubectl kustomize deploy/k8s/overlays/dev > build/k8s/dev.yaml
+	kubectl kustomize deploy/k8s/overlays/aws > build/k8s/aws.yaml
+	$(UV) run --frozen python -m deploy.k8s.dagster_jobs build/k8s/dagster-jobs
+	$(UV) run --frozen kubernetes-validate --strict -k 1.30.0 build/k8s/dev.yaml build/k8s/aws.yaml build/k8s/dagster-jobs/*.yaml
+	$(UV) run --frozen pytest -q tests/deploy
+	@[ -x $(CHECKOV) ] || { python3 -m venv build/checkov-venv && build/checkov-venv/bin/pip install --quiet checkov; }
+	$(CHECKOV) --skip-download --compact --quiet -d deploy/k8s
+	$(CHECKOV) --skip-download --compact --quiet -d deploy/docker
+	$(CHECKOV) --skip-download --compact --quiet --framework github_actions -f .github/workflows/deploy.yml
