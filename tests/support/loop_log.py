@@ -1,4 +1,5 @@
-"""A prediction log with shadow scores, written directly: what the loop's sensors read."""
+"""What the loop's sensors read, made directly: a prediction log with shadow scores, and a fixed
+window of the service's feature-bin counters."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
+from flight_delay.monitoring import CounterWindow
 from flight_delay.prediction_log import open_for_writing
+from pipeline.resources import MetricsSource
 
 SHADOW_COLUMNS = {"shadow_model_version": "TEXT", "shadow_probability": "REAL"}
 
@@ -62,3 +65,19 @@ def write_log(
 def columns(path: Path, table: str) -> set[str]:
     with sqlite3.connect(path) as conn:
         return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+class FixedMetrics(MetricsSource):
+    """One window of feature-bin counts: [[model, feature, bin, count], ...]."""
+
+    bins: list[list] = []
+    disjoint: bool = True
+
+    def window(self) -> CounterWindow:
+        return CounterWindow(feature_bins={(m, f, b): float(n) for m, f, b, n in self.bins})
+
+    def describe(self) -> str:
+        return "fixed"
+
+    def disjoint_windows(self) -> bool:
+        return self.disjoint

@@ -16,10 +16,9 @@ import pytest
 from flight_delay.drift import REFERENCE_FILE, Binning, Reference
 from flight_delay.loop import LOOP_CONFIG_ENV
 from flight_delay.model import MODEL_NAME
-from flight_delay.monitoring import CounterWindow
 from flight_delay.registry import ModelRegistry
 from pipeline.assets.decisions import model_decisions
-from pipeline.resources import LocalModelRegistry, MetricsSource, PredictionLogResource
+from pipeline.resources import LocalModelRegistry, PredictionLogResource
 from pipeline.sensors import (
     DriftCursor,
     build_challenger_sensor,
@@ -27,29 +26,13 @@ from pipeline.sensors import (
     build_rollback_sensor,
     loop_sensors,
 )
-from tests.support.loop_log import write_log
+from tests.support.loop_log import FixedMetrics, write_log
 
 AT = datetime(2013, 5, 10, 15, 0, tzinfo=UTC)  # data time of the log's first prediction
 SHARES = {"0": 0.3, "1": 0.4, "2": 0.3, "missing": 0.0}
 REFERENCE = Reference(
     {f: Binning(f, edges=(10.0, 20.0)) for f in ("temp", "wind_speed")}, dict.fromkeys(("temp", "wind_speed"), SHARES)
 )
-
-
-class FixedMetrics(MetricsSource):
-    """One window of feature-bin counts: [[model, feature, bin, count], ...]."""
-
-    bins: list[list] = []
-    disjoint: bool = True
-
-    def window(self) -> CounterWindow:
-        return CounterWindow(feature_bins={(m, f, b): float(n) for m, f, b, n in self.bins})
-
-    def describe(self) -> str:
-        return "fixed"
-
-    def disjoint_windows(self) -> bool:
-        return self.disjoint
 
 
 def _write_model(path: Path) -> None:
