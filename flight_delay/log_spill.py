@@ -16,7 +16,7 @@ from flight_delay.prediction_log import (
     PREDICTION_FIELDS,
     LogRows,
     RefusedRow,
-    write_rows,
+    insert_rows,
     write_transaction,
 )
 
@@ -80,7 +80,8 @@ class Replayed:
 
 
 def replay_spills(conn: sqlite3.Connection, path: Path) -> Replayed:
-    """Insert the rows of every spill file of the log at ``path``, one transaction per file, and
+    """Insert the rows of every spill file of the log at ``path`` (the log's local file, also with
+    the log in PostgreSQL: spills stay beside it) through ``conn``, one transaction per file, and
     delete each once committed. Safe with several workers replaying at once, and after a crash
     between a commit and the delete: rows already in the log are skipped. A file that cannot be
     parsed is renamed ``*.invalid`` (kept for a person to read) and reported."""
@@ -98,9 +99,9 @@ def replay_spills(conn: sqlite3.Connection, path: Path) -> Replayed:
         with write_transaction(conn):
             if not file.exists():
                 continue
-            before = conn.total_changes
-            done.refused += write_rows(conn, rows)
-        done.rows += conn.total_changes - before
+            inserted, refused = insert_rows(conn, rows)
+            done.refused += refused
+        done.rows += inserted
         file.unlink(missing_ok=True)
         done.files.append(file)
     return done
