@@ -177,6 +177,7 @@ class ModelRegistry:
         self._store = ModelStore(str(self.home / "models"))
         self._history_dir = self.home / "champions"
         self._history_dir.mkdir(parents=True, exist_ok=True)
+        self.database_url = database_url  # holds a password: never logged
         self._database: Any = None
         if database_url is not None:
             from flight_delay.champion_history import DatabaseHistory  # psycopg only when used
