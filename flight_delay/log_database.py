@@ -97,7 +97,7 @@ def row_errors(conn: Any) -> tuple[type[Exception], ...]:
         return (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
     import psycopg
 
-    return (psycopg.errors.IntegrityError, psycopg.errors.DataError)
+    return (psycopg.errors.IntegrityError, psycopg.errors.DataError, psycopg.ProgrammingError)
 
 
 def unavailable_errors(where: Any) -> tuple[type[Exception], ...]:

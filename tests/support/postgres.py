@@ -28,6 +28,16 @@ if TYPE_CHECKING:
 USER = "pgtest"
 
 
+def server_bin() -> Path | None:
+    """The folder of ``initdb`` and ``pg_ctl``: on PATH, or where Debian's ``postgresql`` package
+    puts them (``/usr/lib/postgresql/<version>/bin``, not on PATH); None when not installed."""
+    found = shutil.which("initdb")
+    if found and shutil.which("pg_ctl"):
+        return Path(found).parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return versions[-1].parent if versions else None
+
+
 def _as_server_user(args: list[str]) -> list[str]:
     return ["runuser", "-u", USER, "--", *args] if os.geteuid() == 0 else args
 
@@ -35,17 +45,18 @@ def _as_server_user(args: list[str]) -> list[str]:
 class PostgresServer:
     """``initdb`` + ``pg_ctl start`` in ``folder``; trust authentication, loopback only."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, bin_dir: Path) -> None:
         self.folder = folder
+        self.bin_dir = bin_dir
         self.port = free_port()
         if os.geteuid() == 0:
             if subprocess.run(["id", USER], capture_output=True).returncode != 0:
                 subprocess.run(["useradd", "-M", USER], check=True)
             shutil.chown(folder, USER)
-        self._run(["initdb", "-D", str(folder / "data"), "-A", "trust", "-U", "postgres", "--no-sync"])
+        self._run([str(bin_dir / "initdb"), "-D", str(folder / "data"), "-A", "trust", "-U", "postgres", "--no-sync"])
         self._run(
             [
-                "pg_ctl",
+                str(bin_dir / "pg_ctl"),
                 "-D",
                 str(folder / "data"),
                 "-o",
@@ -62,7 +73,9 @@ class PostgresServer:
         if done.returncode != 0:
             log = self.folder / "log"
             tail = log.read_text()[-2000:] if log.exists() else ""
-            raise RuntimeError(f"{' '.join(args[:2])} failed ({done.returncode}): {done.stderr[-2000:]}\n{tail}")
+            raise RuntimeError(
+                f"{Path(args[0]).name} {args[1]} failed ({done.returncode}): {done.stderr[-2000:]}\n{tail}"
+            )
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
@@ -78,18 +91,22 @@ class PostgresServer:
 
     def stop(self) -> None:
         subprocess.run(
-            _as_server_user(["pg_ctl", "-D", str(self.folder / "data"), "-m", "immediate", "stop"]),
+            _as_server_user([str(self.bin_dir / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate", "stop"]),
             capture_output=True,
         )
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
-        pytest.skip("PostgreSQL is not installed (no initdb/pg_ctl on PATH): apt-get install -y postgresql")
+    bin_dir = server_bin()
+    if bin_dir is None:
+        pytest.skip(
+            "PostgreSQL is not installed (no initdb/pg_ctl on PATH or in /usr/lib/postgresql/*/bin): "
+            "apt-get install -y postgresql"
+        )
     folder = Path(tempfile.mkdtemp(prefix="pg-"))
     folder.chmod(0o755)
-    server = PostgresServer(folder)
+    server = PostgresServer(folder, bin_dir)
     try:
         yield server
     finally:

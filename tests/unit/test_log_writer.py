@@ -108,9 +108,9 @@ def test_a_probability_that_is_not_a_number_is_refused_and_never_queued(tmp_path
         log.close()
 
 
-def test_a_row_sqlite_can_never_take_is_dropped_and_counted_and_the_others_are_written(tmp_path):
-    path = tmp_path / "predictions.db"
-    log = PredictionLogWriter(path, flush_seconds=60)
+def test_a_row_the_database_can_never_take_is_dropped_and_counted_and_the_others_are_written(log_database):
+    path = log_database
+    log = log_database.writer(flush_seconds=60)
     try:
         predict(log, "good-1")
         log.predicted("no-key", None, "flight_delay:aaa", "champion", 0.5, FEATURES)  # type: ignore[arg-type]
@@ -121,9 +121,46 @@ def test_a_row_sqlite_can_never_take_is_dropped_and_counted_and_the_others_are_w
         assert logged(path) == ["good-1", "good-2"]
         status = log.status()
         assert status.dropped == 3 and status.backlog == 0 and status.writer_alive
-        another_connection_can_write(path)
+        if log_database.url is None:
+            another_connection_can_write(log_database.path)
     finally:
         log.close()
+
+
+def test_predictions_survive_a_postgres_that_refuses_writes_and_a_shutdown_spills_them(postgres_url, tmp_path):
+    """PostgreSQL refuses every write while the fault is on (a read-only transaction, SQLSTATE
+    25006): the writer keeps the rows, retries, commits them once it clears, and at a shutdown
+    spills what it could not write to the local disk, for the next writer to replay."""
+    refusing = [False]
+
+    def hook(conn: Any) -> None:
+        conn.execute(f"SET default_transaction_read_only = {'on' if refusing[0] else 'off'}")
+
+    database = LogDatabase(tmp_path / "predictions.db", postgres_url)
+    log = database.writer(flush_seconds=0.01, close_timeout=0.3, before_write=hook)
+    predict(log, "before")
+    log.flush()
+    refusing[0] = True
+    for i in range(20):
+        predict(log, f"during-{i:02d}")
+    wait_for(lambda: log.status().write_errors >= 2, "two failed writes")
+    assert "25006" in (log.status().last_error or "") and log.status().backlog == 20
+    refusing[0] = False
+    log.flush()
+    assert logged(database) == ["before", *[f"during-{i:02d}" for i in range(20)]]
+
+    refusing[0] = True
+    for request_id in ("spilled-1", "spilled-2"):
+        predict(log, request_id)
+    log.close()
+    (spill,) = tmp_path.glob("predictions.db.spill-*.jsonl")
+    assert log.status().spilled == 2 and "spilled-1" not in logged(database)
+    restarted = database.writer(flush_seconds=0.01)
+    try:
+        wait_for(lambda: restarted.status().replayed == 2, "the spill file replayed into PostgreSQL")
+        assert not spill.exists() and {"spilled-1", "spilled-2"} <= set(logged(database))
+    finally:
+        restarted.close()
 
 
 class Fault:
