@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from flight_delay import champion_history, registry
-from flight_delay.prediction_log import FeedbackConflict, read_log
+from flight_delay.prediction_log import FeedbackConflict, RecordedFeedback, read_log
 from flight_delay.registry import ConflictError, ModelRegistry
-from serving.log_writer import PredictionLogWriter
+from serving.log_writer import LogUnavailable, PredictionLogWriter
 
 FEATURES = {"dep_hour": 5.0, "carrier": "UA"}
 REQUESTS = [f"r{i}" for i in range(5)]
@@ -140,3 +141,35 @@ def test_a_decision_recorded_by_another_replica_changes_the_stamp(tmp_path, shar
     assert mine.stamp("m") == before  # nothing changed: the same stamp
     ModelRegistry(tmp_path / "bentoml", shared_history).promote("m", tag, "first", expected_champion=None)
     assert mine.stamp("m") != before
+
+
+def test_the_log_writer_and_the_registry_reconnect_after_the_database_restarts(tmp_path, postgres_server):
+    url = postgres_server.create_database()
+    history = ModelRegistry(tmp_path / "bentoml", url)
+    (tag,) = [history.register("m", _write, {}, {})]
+    log = PredictionLogWriter(tmp_path / "predictions.db", flush_seconds=0.01, database_url=url)
+    try:
+        log.predicted("before", "k1", "flight_delay:aaa", "champion", 0.2, FEATURES)
+        log.flush()
+        stamp = history.stamp("m")
+        postgres_server.restart()  # every connection above is cut
+
+        log.predicted("after", "k2", "flight_delay:aaa", "champion", 0.3, FEATURES)
+        log.flush(timeout=30)  # the writer reconnects and commits
+        answers = []
+        for _ in range(2):  # the request connection was cut: at most one call fails, saying so
+            try:
+                answers.append(log.record_feedback("before", departure_delay_minutes=5.0, late=False, wait_seconds=1))
+            except LogUnavailable as exc:
+                answers.append(exc)
+        assert any(isinstance(a, RecordedFeedback) and a.request_id == "before" for a in answers), answers
+        assert log.status().writer_alive and log.status().backlog == 0
+
+        with pytest.raises(psycopg.OperationalError):  # the registry's connection was cut too ...
+            history.stamp("m")
+        assert history.stamp("m") == stamp  # ... and is opened again by the next call
+        history.promote("m", tag, "after the restart", expected_champion=None)
+        assert history.stamp("m") != stamp
+    finally:
+        log.close()
+    assert list(read_log(url)["request_id"]) == ["before", "after"]
