@@ -17,6 +17,7 @@ import itertools
 import json
 import logging
 import math
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -236,11 +237,47 @@ INSERT_FEEDBACK = _insert("feedback", FEEDBACK_FIELDS)
 
 def _insert_many(conn: sqlite3.Connection, table: str, fields: tuple[str, ...], rows: list[tuple[Any, ...]]) -> int:
     """The rows inserted (those whose request id was there already are not)."""
+    if db.is_postgres(conn):
+        return _copy_many(conn, table, fields, rows)
     inserted = 0
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
         chunk = rows[start : start + ROWS_PER_STATEMENT]
-        statement = db.sql(conn, _insert(table, fields, len(chunk)))
+        statement = _insert(table, fields, len(chunk))
         inserted += conn.execute(statement, list(itertools.chain.from_iterable(chunk))).rowcount
+    return inserted
+
+
+# psycopg adapts every parameter of a multi-row INSERT in Python: COPY, adapted in C, writes a
+# batch two to three times faster. COPY has no ON CONFLICT: the rows go to a session-local staging
+# table first, then into the log in one INSERT ... SELECT, in the order they were queued.
+_POSTGRES_TYPES = dict(re.findall(r"^\s+(\w+) (TEXT|DOUBLE PRECISION|INTEGER)", _POSTGRES_TABLES, re.MULTILINE))
+
+
+@functools.lru_cache(maxsize=4)
+def _staging(table: str, fields: tuple[str, ...]) -> tuple[str, str, str]:
+    """The statements that create the staging table of ``table``, fill it and move its rows."""
+    names = ", ".join(fields)
+    columns = ", ".join(f"{name} {_POSTGRES_TYPES[name]}" for name in fields)
+    create = (
+        f"CREATE TEMP TABLE IF NOT EXISTS incoming_{table} (queued BIGINT GENERATED ALWAYS AS IDENTITY, {columns}) "
+        "ON COMMIT DELETE ROWS"
+    )
+    move = (
+        f"INSERT INTO {table} ({names}) SELECT {names} FROM incoming_{table} ORDER BY queued "
+        "ON CONFLICT (request_id) DO NOTHING"
+    )
+    return create, f"COPY incoming_{table} ({names}) FROM STDIN", move
+
+
+def _copy_many(conn: Any, table: str, fields: tuple[str, ...], rows: list[tuple[Any, ...]]) -> int:
+    create, copy, move = _staging(table, fields)
+    conn.execute(create)
+    with conn.cursor() as cursor:
+        with cursor.copy(copy) as stream:
+            for row in rows:
+                stream.write_row(row)
+        inserted = cursor.execute(move).rowcount
+        cursor.execute(f"DELETE FROM incoming_{table}")  # a transaction may write several batches
     return inserted
 
 
