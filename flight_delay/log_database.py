@@ -12,13 +12,19 @@ from __future__ import annotations
 import functools
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urlparse
 
 URL_SCHEMES = ("postgresql://", "postgres://")
 
 # A prediction log or a champion history: a SQLite file, or a PostgreSQL URL.
 Location = Path | str
+
+if TYPE_CHECKING:
+    import psycopg
+
+    # A connection to either: autocommit, transactions explicit.
+    Connection: TypeAlias = sqlite3.Connection | psycopg.Connection[Any]
 
 
 def is_url(where: object) -> bool:

@@ -5,9 +5,9 @@ the database as JSON lines (``<db>.spill-<pid>-<unix ms>.jsonl``, a line ``{"tab
 from __future__ import annotations
 
 import os
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -19,6 +19,9 @@ from flight_delay.prediction_log import (
     insert_rows,
     write_transaction,
 )
+
+if TYPE_CHECKING:
+    from flight_delay.log_database import Connection
 
 
 def spill_files(path: Path) -> list[Path]:
@@ -79,7 +82,7 @@ class Replayed:
     invalid: list[tuple[Path, str]] = field(default_factory=list)  # renamed *.invalid, with why
 
 
-def replay_spills(conn: sqlite3.Connection, path: Path) -> Replayed:
+def replay_spills(conn: Connection, path: Path) -> Replayed:
     """Insert the rows of every spill file of the log at ``path`` (the log's local file, also with
     the log in PostgreSQL: spills stay beside it) through ``conn``, one transaction per file, and
     delete each once committed. Safe with several workers replaying at once, and after a crash

@@ -34,6 +34,8 @@ from flight_delay.log_database import Location
 if TYPE_CHECKING:
     import pandas as pd
 
+    from flight_delay.log_database import Connection
+
 log = logging.getLogger(__name__)
 
 # ``prediction_time`` (the request's data time, unix seconds; missing in rows logged before it
@@ -91,7 +93,7 @@ BUSY_TIMEOUT_SECONDS = 30.0
 
 
 @contextmanager
-def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def write_transaction(conn: Connection) -> Iterator[Connection]:
     """``BEGIN IMMEDIATE`` (the write lock taken at once, so two writers never both read and then
     both write), ``COMMIT`` on success, ``ROLLBACK`` on any error: no transaction is left open
     holding the lock against the other workers."""
@@ -164,7 +166,7 @@ def _open_postgres(url: str) -> Any:
     return conn
 
 
-def open_for_writing(path: Location, timeout: float = BUSY_TIMEOUT_SECONDS) -> sqlite3.Connection:
+def open_for_writing(path: Location, timeout: float = BUSY_TIMEOUT_SECONDS) -> Connection:
     """A connection to the log at ``path`` (created with its tables if need be, an older log
     migrated in place) for a writer: WAL, so readers never block it, and ``synchronous=FULL``, so
     a commit is on disk. Autocommit: transactions are explicit (:func:`write_transaction`).
@@ -235,7 +237,7 @@ INSERT_PREDICTION = _insert("predictions", PREDICTION_FIELDS)
 INSERT_FEEDBACK = _insert("feedback", FEEDBACK_FIELDS)
 
 
-def _insert_many(conn: sqlite3.Connection, table: str, fields: tuple[str, ...], rows: list[tuple[Any, ...]]) -> int:
+def _insert_many(conn: Connection, table: str, fields: tuple[str, ...], rows: list[tuple[Any, ...]]) -> int:
     """The rows inserted (those whose request id was there already are not)."""
     if db.is_postgres(conn):
         return _copy_many(conn, table, fields, rows)
@@ -304,7 +306,7 @@ class RefusedRow:
     error: str
 
 
-def write_rows(conn: sqlite3.Connection, rows: LogRows) -> list[RefusedRow]:
+def write_rows(conn: Connection, rows: LogRows) -> list[RefusedRow]:
     """Insert ``rows`` in the caller's open transaction; rows whose request id is already there
     are skipped. A row the database refuses for its content is left out and returned, so that it
     cannot hold back the others; errors of the database itself (``OperationalError``: busy, full,
@@ -312,7 +314,7 @@ def write_rows(conn: sqlite3.Connection, rows: LogRows) -> list[RefusedRow]:
     return insert_rows(conn, rows)[1]
 
 
-def insert_rows(conn: sqlite3.Connection, rows: LogRows) -> tuple[int, list[RefusedRow]]:
+def insert_rows(conn: Connection, rows: LogRows) -> tuple[int, list[RefusedRow]]:
     """:func:`write_rows`, and how many rows it inserted."""
     refused: list[RefusedRow] = []
     inserted = 0
@@ -333,7 +335,7 @@ def insert_rows(conn: sqlite3.Connection, rows: LogRows) -> tuple[int, list[Refu
 
 
 def _insert_one_by_one(
-    conn: sqlite3.Connection,
+    conn: Connection,
     table: str,
     fields: tuple[str, ...],
     batch: list[tuple[Any, ...]],
@@ -354,7 +356,7 @@ def _insert_one_by_one(
     return inserted
 
 
-def prune(conn: sqlite3.Connection, before: float, limit: int) -> int:
+def prune(conn: Connection, before: float, limit: int) -> int:
     """Delete the ``limit`` oldest predictions made before ``before`` (unix seconds) and their
     feedback, in one short transaction; the number of predictions deleted (``limit`` when more
     may remain)."""
@@ -404,7 +406,7 @@ _PREDICTION = f"SELECT {', '.join(_PREDICTION_KEYS)} FROM predictions"
 
 
 def find_prediction(
-    conn: sqlite3.Connection, request_id: str | None = None, flight_key: str | None = None
+    conn: Connection, request_id: str | None = None, flight_key: str | None = None
 ) -> dict[str, Any] | None:
     """The logged prediction with ``request_id``, else the latest one for ``flight_key``."""
     if request_id is not None:
@@ -421,7 +423,7 @@ def _outcome(delay: float, late: bool) -> str:
 
 
 def record_outcome(
-    conn: sqlite3.Connection, request_id: str, departure_delay_minutes: float, late: bool, received_at: float
+    conn: Connection, request_id: str, departure_delay_minutes: float, late: bool, received_at: float
 ) -> RecordedFeedback:
     """Record the outcome of prediction ``request_id`` unless it has one, in one write transaction.
 
@@ -521,7 +523,7 @@ ORDER BY p.predicted_at, p.request_id
     return sql, params
 
 
-def _check_tables(conn: sqlite3.Connection, path: Location) -> None:
+def _check_tables(conn: Connection, path: Location) -> None:
     expected = "; ".join(f"{t}({', '.join(sorted(c))})" for t, c in _REQUIRED.items())
     for table, columns in _REQUIRED.items():
         have = _columns(conn, table)
@@ -540,7 +542,7 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
 
 
 @contextmanager
-def reading(where: Location) -> Iterator[sqlite3.Connection | None]:
+def reading(where: Location) -> Iterator[Connection | None]:
     """A read-only connection to the log at ``where``, its tables checked; None when there is no
     log yet (a missing file; a PostgreSQL database without the tables): the service may never
     have run. A SQLite file that is not a readable log raises ``ValueError``; PostgreSQL's errors

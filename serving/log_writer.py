@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sqlite3
 import threading
 import time
 from collections import Counter
@@ -32,7 +31,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -52,6 +51,9 @@ from flight_delay.prediction_log import (
 )
 from serving.settings import log_max_backlog, log_retention_days
 from serving.telemetry import LOG_BACKLOG, LOG_DROPPED, LOG_REPLAYED, LOG_SPILLED, LOG_WRITE_ERRORS
+
+if TYPE_CHECKING:
+    from flight_delay.log_database import Connection
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +142,7 @@ class PredictionLogWriter:
         busy_timeout: float = 5.0,
         close_timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
-        before_write: Callable[[sqlite3.Connection], None] | None = None,
+        before_write: Callable[[Connection], None] | None = None,
         database_url: str | None = None,
     ) -> None:
         self.path = Path(path)
@@ -175,8 +177,8 @@ class PredictionLogWriter:
         self._spills_waiting = True
         self._next_prune = 0.0
         # Opening migrates an older log and fails the start if the log cannot be opened at all.
-        self._conn: sqlite3.Connection | None = self._open(startup=True)
-        self._requests: sqlite3.Connection | None = self._open(startup=True)  # lookups and feedback
+        self._conn: Connection | None = self._open(startup=True)
+        self._requests: Connection | None = self._open(startup=True)  # lookups and feedback
         self._requests_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -314,7 +316,7 @@ class PredictionLogWriter:
             return find_prediction(conn, request_id, flight_key)
 
     @contextmanager
-    def _request_connection(self, doing: str) -> Iterator[sqlite3.Connection]:
+    def _request_connection(self, doing: str) -> Iterator[Connection]:
         """The request threads' connection (the caller holds ``_requests_lock``), opened again
         after the database failed: a PostgreSQL server restarts, a SQLite file does not go away."""
         try:
@@ -400,7 +402,7 @@ class PredictionLogWriter:
 
     # --- Writer thread --------------------------------------------------------------------------
 
-    def _open(self, startup: bool = False) -> sqlite3.Connection:
+    def _open(self, startup: bool = False) -> Connection:
         # At start, workers opening a new log at once wait for each other (open_for_writing); a
         # reconnect while the log is failing waits no longer than a write would.
         conn = open_for_writing(self.database) if startup else open_for_writing(self.database, self.busy_timeout)
@@ -487,7 +489,7 @@ class PredictionLogWriter:
                 self._committed = self._pending_upto
             self._state.notify_all()
 
-    def _attempt(self, what: str, write: Callable[[sqlite3.Connection], None]) -> bool:
+    def _attempt(self, what: str, write: Callable[[Connection], None]) -> bool:
         try:
             if self._conn is None:
                 self._conn = self._open()
@@ -516,14 +518,14 @@ class PredictionLogWriter:
                 conn.close()  # closing ends the transaction and releases the lock
                 self._conn = None
 
-    def _write(self, conn: sqlite3.Connection) -> None:
+    def _write(self, conn: Connection) -> None:
         if self._pending:
             with write_transaction(conn):
                 refused = write_rows(conn, self._pending)
             self._report_refused(refused)
         self._settle(committed=True)
 
-    def _replay(self, conn: sqlite3.Connection) -> None:
+    def _replay(self, conn: Connection) -> None:
         replayed = replay_spills(conn, self.path)
         self._spills_waiting = False
         for file, why in replayed.invalid:
@@ -535,7 +537,7 @@ class PredictionLogWriter:
             self._counts["replayed"] += replayed.rows
         LOG_REPLAYED.inc(replayed.rows)
 
-    def _prune(self, conn: sqlite3.Connection) -> None:
+    def _prune(self, conn: Connection) -> None:
         # The next batch at once while the last one was full; else in retention_every_seconds.
         self._next_prune = time.monotonic() + self.retention_every_seconds
         deleted = prune(conn, self.clock() - self.retention_days * DAY_SECONDS, PRUNE_BATCH)
