@@ -108,12 +108,13 @@ def row_errors(conn: Any) -> tuple[type[Exception], ...]:
 
 def unavailable_errors(where: Any) -> tuple[type[Exception], ...]:
     """Errors of the database itself (unreachable, busy, full, read-only): retried, or answered
-    503. ``where``: a connection or a location."""
+    503. ``where``: a connection or a location. PostgreSQL's read-only transaction (a standby
+    after a failover, SQLSTATE 25006) is an InternalError there."""
     if not is_postgres(where):
         return (sqlite3.OperationalError,)
     import psycopg
 
-    return (psycopg.OperationalError,)
+    return (psycopg.OperationalError, psycopg.InternalError)
 
 
 def database_errors(where: Any) -> tuple[type[Exception], ...]:
