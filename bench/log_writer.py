@@ -5,6 +5,9 @@ A worker's event loop keeps the GIL busy under load, and the writer thread share
 that matters is how many rows a second the writer commits then, against the same writer with the
 GIL to itself, measured in the same run: when it falls below the rate the service predicts at,
 the backlog grows until predictions are refused (503).
+
+``--database-url postgresql://...`` measures the writer into PostgreSQL instead (its tables are
+emptied before each of the two runs).
 """
 
 from __future__ import annotations
@@ -22,7 +25,15 @@ from serving.log_writer import PredictionLogWriter
 from serving.service import SWITCH_INTERVAL_SECONDS
 
 
-def rows_per_second(rows: int, busy: bool) -> float:
+def _empty(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        if conn.execute("SELECT to_regclass('predictions')").fetchone()[0] is not None:
+            conn.execute("TRUNCATE predictions, feedback")
+
+
+def rows_per_second(rows: int, busy: bool, database_url: str | None = None) -> float:
     features = {f"f{i}": random.random() for i in range(38)} | {"carrier": "UA", "dest": "IAH"}
     stop = threading.Event()
 
@@ -33,7 +44,9 @@ def rows_per_second(rows: int, busy: bool) -> float:
                 x += i
 
     with tempfile.TemporaryDirectory() as folder:
-        writer = PredictionLogWriter(Path(folder) / "predictions.db", max_backlog=rows + 1)
+        if database_url:
+            _empty(database_url)
+        writer = PredictionLogWriter(Path(folder) / "predictions.db", max_backlog=rows + 1, database_url=database_url)
         if busy:
             threading.Thread(target=spin, daemon=True).start()
         started = time.perf_counter()
@@ -49,10 +62,11 @@ def rows_per_second(rows: int, busy: bool) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--database-url", default=None, help="a PostgreSQL database to write to (emptied)")
     args = parser.parse_args(argv)
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)  # as the service sets it
-    alone = rows_per_second(args.rows, busy=False)
-    beside = rows_per_second(args.rows, busy=True)
+    alone = rows_per_second(args.rows, busy=False, database_url=args.database_url)
+    beside = rows_per_second(args.rows, busy=True, database_url=args.database_url)
     print(f"writer alone: {alone:,.0f} rows/s; beside a busy event loop: {beside:,.0f} rows/s")
     print(json.dumps({"rows_per_s_alone": round(alone), "rows_per_s_busy_gil": round(beside), "ratio": beside / alone}))
 

@@ -5,9 +5,9 @@ the database as JSON lines (``<db>.spill-<pid>-<unix ms>.jsonl``, a line ``{"tab
 from __future__ import annotations
 
 import os
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -16,9 +16,12 @@ from flight_delay.prediction_log import (
     PREDICTION_FIELDS,
     LogRows,
     RefusedRow,
-    write_rows,
+    insert_rows,
     write_transaction,
 )
+
+if TYPE_CHECKING:
+    from flight_delay.log_database import Connection
 
 
 def spill_files(path: Path) -> list[Path]:
@@ -79,8 +82,9 @@ class Replayed:
     invalid: list[tuple[Path, str]] = field(default_factory=list)  # renamed *.invalid, with why
 
 
-def replay_spills(conn: sqlite3.Connection, path: Path) -> Replayed:
-    """Insert the rows of every spill file of the log at ``path``, one transaction per file, and
+def replay_spills(conn: Connection, path: Path) -> Replayed:
+    """Insert the rows of every spill file of the log at ``path`` (the log's local file, also with
+    the log in PostgreSQL: spills stay beside it) through ``conn``, one transaction per file, and
     delete each once committed. Safe with several workers replaying at once, and after a crash
     between a commit and the delete: rows already in the log are skipped. A file that cannot be
     parsed is renamed ``*.invalid`` (kept for a person to read) and reported."""
@@ -98,9 +102,9 @@ def replay_spills(conn: sqlite3.Connection, path: Path) -> Replayed:
         with write_transaction(conn):
             if not file.exists():
                 continue
-            before = conn.total_changes
-            done.refused += write_rows(conn, rows)
-        done.rows += conn.total_changes - before
+            inserted, refused = insert_rows(conn, rows)
+            done.refused += refused
+        done.rows += inserted
         file.unlink(missing_ok=True)
         done.files.append(file)
     return done

@@ -7,41 +7,25 @@ shadow scoring has no paired outcomes.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 
+from flight_delay import log_database as db
 from flight_delay import prediction_log
 
 PAIRED_COLUMNS = ("request_id", "prediction_time", "received_at", "late", "champion_p", "challenger_p")
 
 
-@contextmanager
-def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
-    conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=30)
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
-def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
-    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-
-
 def latest_data_time(path: str | Path) -> datetime | None:
     """The latest data time in the log: the largest prediction time (``predicted_at`` for rows
-    logged without one), as a UTC datetime; None for a missing or empty log."""
-    if not Path(path).exists():
-        return None
-    with _read_only(Path(path)) as conn:
-        have = _columns(conn, "predictions")
-        if not have:
-            raise ValueError(f"{path} is not a prediction log: it has no table predictions")
+    logged without one), as a UTC datetime; None for a missing or empty log. ``path`` may be a
+    PostgreSQL URL."""
+    with prediction_log.reading(db.location(path)) as conn:
+        if conn is None:
+            return None
+        have = db.columns(conn, "predictions")
         when = "COALESCE(prediction_time, predicted_at)" if "prediction_time" in have else "predicted_at"
         (value,) = conn.execute(f"SELECT MAX({when}) FROM predictions").fetchone()
     return None if value is None else datetime.fromtimestamp(float(value), tz=UTC)
@@ -52,6 +36,6 @@ def paired_outcomes(path: str | Path, champion: str, challenger: str, since: flo
     their feedback arrived: request_id, prediction_time, received_at (UTC timestamps), late (0/1),
     champion_p, challenger_p. ``since`` (unix seconds): feedback received after it only. The log's
     own reader (:func:`flight_delay.prediction_log.paired_outcomes`), with ``late`` as 0/1."""
-    frame = prediction_log.paired_outcomes(Path(path), champion, challenger, since=since)
+    frame = prediction_log.paired_outcomes(db.location(path), champion, challenger, since=since)
     frame["late"] = frame["late"].astype("int64")
     return frame  # already in arrival order (received_at, then the order they were written)

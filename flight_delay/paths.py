@@ -2,16 +2,20 @@
 the service, the benchmark and the command-line tools.
 
 ``FLIGHT_DELAY_DATA_DIR`` chooses the folder; the project's own ``data/`` is the embedded default.
+``FLIGHT_DELAY_DATABASE_URL`` (``postgresql://user:password@host:port/database``) moves the state
+that several replicas of the service must share, the prediction log and the champion history, to
+PostgreSQL; unset, they are files in the data folder.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR_ENV = "FLIGHT_DELAY_DATA_DIR"
+DATABASE_URL_ENV = "FLIGHT_DELAY_DATABASE_URL"
 
 
 def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -19,15 +23,29 @@ def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(explicit or os.environ.get(DATA_DIR_ENV) or PROJECT_ROOT / "data").resolve()
 
 
+def database_url(explicit: str | None = None) -> str | None:
+    """``explicit``, else ``$FLIGHT_DELAY_DATABASE_URL``, else None (the state stays in files)."""
+    url = explicit or os.environ.get(DATABASE_URL_ENV) or None
+    if url is not None and not url.startswith(("postgresql://", "postgres://")):
+        raise ValueError(
+            f"{DATABASE_URL_ENV}: expected postgresql://user:password@host:port/database, got a value starting "
+            f"{url.split('://')[0]!r}; unset it to keep the prediction log and champion history in files"
+        )
+    return url
+
+
 @dataclass(frozen=True)
 class DataLayout:
-    """The folders and files under one data folder."""
+    """The folders and files under one data folder, and the shared database if there is one."""
 
     root: Path
+    # The prediction log and the champion history, shared by replicas; None: files under root.
+    # It holds a password: never in a repr.
+    database_url: str | None = field(default=None, repr=False)
 
     @classmethod
     def resolve(cls, explicit: str | os.PathLike[str] | None = None) -> DataLayout:
-        return cls(data_dir(explicit))
+        return cls(data_dir(explicit), database_url())
 
     @property
     def lake(self) -> Path:
@@ -55,5 +73,11 @@ class DataLayout:
 
     @property
     def prediction_log(self) -> Path:
-        """The service's prediction and feedback log."""
+        """The service's prediction and feedback log (with a database URL: where its spill files
+        go, beside a log that is in the database)."""
         return self.root / "prediction_log" / "predictions.db"
+
+    @property
+    def prediction_log_location(self) -> str | Path:
+        """Where the prediction log is read: the database URL, else :attr:`prediction_log`."""
+        return self.database_url or self.prediction_log

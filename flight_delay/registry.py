@@ -9,8 +9,10 @@ What serves is decided by events in an append-only JSON-lines history per model 
 The current state (champion, challenger, barred models, earlier champions) is the fold of those
 events (:func:`fold`). Every change is a compare-and-set: the caller says which champion (or
 challenger) it decided against, and the decision is checked and written under one file lock, so
-two concurrent changes can never both win. Pipeline and service both use this module; it
-imports neither Dagster nor the serving code.
+two concurrent changes can never both win. With a database URL (``FLIGHT_DELAY_DATABASE_URL``)
+the history is a PostgreSQL table instead, shared by every replica, with the same compare-and-set
+(:mod:`flight_delay.champion_history`). Pipeline and service both use this module; it imports
+neither Dagster nor the serving code.
 """
 
 from __future__ import annotations
@@ -164,9 +166,10 @@ def _read_history(path: Path) -> tuple[list[ChampionEvent], int | None]:
 
 
 class ModelRegistry:
-    """Models of a local BentoML store (``<home>/models``) and their champion history."""
+    """Models of a local BentoML store (``<home>/models``) and their champion history: files in
+    ``<home>/champions``, or with ``database_url`` a table in PostgreSQL."""
 
-    def __init__(self, home: str | os.PathLike[str]) -> None:
+    def __init__(self, home: str | os.PathLike[str], database_url: str | None = None) -> None:
         from bentoml._internal.models.model import ModelStore
 
         self.home = Path(home)
@@ -174,6 +177,12 @@ class ModelRegistry:
         self._store = ModelStore(str(self.home / "models"))
         self._history_dir = self.home / "champions"
         self._history_dir.mkdir(parents=True, exist_ok=True)
+        self.database_url = database_url  # holds a password: never logged
+        self._database: Any = None
+        if database_url is not None:
+            from flight_delay.champion_history import DatabaseHistory  # psycopg only when used
+
+            self._database = DatabaseHistory(database_url)
 
     # -- models -------------------------------------------------------------------------------
     def register(
@@ -286,9 +295,12 @@ class ModelRegistry:
 
     def stamp(self, name: str) -> tuple[int, ...]:
         """Changes whenever a decision about ``name`` is recorded or a version of it is added (cheap:
-        two stats, for watchers that poll)."""
+        two stats, or a stat and one index lookup, for watchers that poll)."""
         stamp: list[int] = []
-        for path in (self._history_file(name), self.home / "models" / name):
+        if self._database is not None:
+            stamp += self._database.stamp(name)
+        history = () if self._database is not None else (self._history_file(name),)
+        for path in (*history, self.home / "models" / name):
             try:
                 st = path.stat()
             except FileNotFoundError:
@@ -299,6 +311,8 @@ class ModelRegistry:
 
     def history(self, name: str) -> list[ChampionEvent]:
         """Every decision about ``name``, oldest first."""
+        if self._database is not None:
+            return self._database.events(name)
         return _read_history(self._history_file(name))[0]
 
     def state(self, name: str) -> RegistryState:
@@ -310,7 +324,10 @@ class ModelRegistry:
         return self.state(name).champion
 
     def _record(self, name: str, decide: Callable[[RegistryState], ChampionEvent]) -> ChampionEvent:
-        """Read the state, decide and append the event, all under the lock."""
+        """Read the state, decide and append the event, all under the lock (or as one
+        compare-and-set in the database)."""
+        if self._database is not None:
+            return self._database.record(name, decide)
         with self._locked(name) as path:
             events, torn_at = _read_history(path)
             event = decide(fold(events))
@@ -541,7 +558,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.mode == "split":
             parser.error("challenge --mode split needs --share (the share of flights it takes, 0 to 1)")
         args.share = 1.0
-    registry = ModelRegistry(args.home or DataLayout.resolve().bentoml_home)
+    layout = DataLayout.resolve()
+    registry = ModelRegistry(args.home or layout.bentoml_home, layout.database_url)
     name = args.model
 
     def expected(current: str | None) -> str | None:

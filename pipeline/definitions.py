@@ -2,14 +2,15 @@
 
 The data folder comes from ``FLIGHT_DELAY_DATA_DIR`` with the project's ``data/`` folder as the
 embedded default (``flight_delay.paths``), so the same definitions serve ``dagster dev``, the CLI
-and the tests.
+and the tests; ``FLIGHT_DELAY_DATABASE_URL`` puts the prediction log and champion history in
+PostgreSQL.
 """
 
 import os
 
 import dagster as dg
 
-from flight_delay.paths import PROJECT_ROOT, DataLayout
+from flight_delay.paths import DATABASE_URL_ENV, PROJECT_ROOT, DataLayout
 from pipeline import jobs, sensors
 from pipeline.assets import (
     decisions,
@@ -60,6 +61,8 @@ def build_definitions(
     lake = LocalTableStore(root=str(layout.lake))
     offline = LocalTableStore(root=str(layout.offline))
     online_store_url = dg.EnvVar("FLIGHT_DELAY_ONLINE_STORE") if os.environ.get("FLIGHT_DELAY_ONLINE_STORE") else None
+    # The shared prediction log and champion history (DataLayout reads and checks the URL).
+    database_url = dg.EnvVar(DATABASE_URL_ENV) if layout.database_url else None
     return dg.Definitions(
         assets=dg.load_assets_from_modules(ASSET_MODULES),
         jobs=[jobs.feature_refresh_job, jobs.retrain_job, jobs.monitoring_job, jobs.decision_job],
@@ -79,8 +82,8 @@ def build_definitions(
                 state_dir=str(layout.feast_state),
                 online_store_url=online_store_url,
             ),
-            "model_registry": LocalModelRegistry(bentoml_home=str(layout.bentoml_home)),
-            "prediction_log_db": PredictionLogResource(path=str(layout.prediction_log)),
+            "model_registry": LocalModelRegistry(bentoml_home=str(layout.bentoml_home), database_url=database_url),
+            "prediction_log_db": PredictionLogResource(path=str(layout.prediction_log), database_url=database_url),
             "metrics_source": metrics_source(layout),
             "drift_metrics_source": metrics_source(layout, reader="drift_sensor_last_read"),
         },

@@ -157,7 +157,7 @@ def build_drift_retraining_sensor(
         champion = registry.champion(MODEL_NAME)
         if champion is None:
             return dg.SensorResult(skip_reason="no champion yet: nothing to drift from", cursor=cursor.to_json())
-        data_time = latest_data_time(prediction_log_db.path)
+        data_time = latest_data_time(prediction_log_db.location)
         if data_time is None:
             return dg.SensorResult(skip_reason="the prediction log is empty: no data time", cursor=cursor.to_json())
         read = drift_metrics_source.window()
@@ -249,7 +249,7 @@ def _read_pair(
 ) -> tuple[TestCursor, Any]:
     champion, challenger = registry_state.champion, registry_state.challenger.tag
     cursor = TestCursor.for_pair(context.cursor, champion, challenger)
-    outcomes = paired_outcomes(log.path, champion, challenger, since=cursor.since)
+    outcomes = paired_outcomes(log.location, champion, challenger, since=cursor.since)
     if len(outcomes):
         cursor.since = float(outcomes["received_at"].max().timestamp())
     return cursor, outcomes

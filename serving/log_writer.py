@@ -3,7 +3,8 @@
 One writer per worker. Requests append records to an in-memory queue; one writer thread, the only
 user of the write connection and the only one to take from the queue, commits them to the SQLite
 prediction log (:mod:`flight_delay.prediction_log`) every ``flush_seconds``. Workers of one
-service share the database.
+service share the database; with a PostgreSQL URL (``FLIGHT_DELAY_DATABASE_URL``) every replica
+of the service shares it, and feedback sent to one finds a prediction made by another.
 
 When the log cannot be written (database busy, disk full, read-only, I/O error) the writer rolls
 back, keeps the rows, counts and logs the error and retries with backoff (0.05 s doubling to 5 s).
@@ -23,17 +24,18 @@ from __future__ import annotations
 
 import logging
 import math
-import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from flight_delay import log_database as db
 from flight_delay.log_spill import replay_spills, spill
 from flight_delay.prediction_log import FeedbackConflict as FeedbackConflict  # re-exported for the service
 from flight_delay.prediction_log import (
@@ -49,6 +51,9 @@ from flight_delay.prediction_log import (
 )
 from serving.settings import log_max_backlog, log_retention_days
 from serving.telemetry import LOG_BACKLOG, LOG_DROPPED, LOG_REPLAYED, LOG_SPILLED, LOG_WRITE_ERRORS
+
+if TYPE_CHECKING:
+    from flight_delay.log_database import Connection
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +102,7 @@ def _to_json(features: dict[str, Any]) -> str:
 
 
 def _describe(exc: BaseException) -> str:
-    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
-    return f"{name}: {exc}"
+    return f"{db.error_name(exc)}: {exc}"
 
 
 class _Backoff:
@@ -122,6 +126,9 @@ class PredictionLogWriter:
     rows) and ``FLIGHT_DELAY_LOG_RETENTION_DAYS`` (30; 0 keeps everything). ``clock`` is the wall
     clock of the records; ``before_write`` runs on the writer thread with its connection before
     every write (tests set SQLite's own limits through it).
+
+    ``path`` is the SQLite log; with ``database_url`` (PostgreSQL) the rows go there instead and
+    ``path`` only names the spill files, which stay on the local disk.
     """
 
     def __init__(
@@ -135,9 +142,17 @@ class PredictionLogWriter:
         busy_timeout: float = 5.0,
         close_timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
-        before_write: Callable[[sqlite3.Connection], None] | None = None,
+        before_write: Callable[[Connection], None] | None = None,
+        database_url: str | None = None,
     ) -> None:
         self.path = Path(path)
+        if database_url is not None and not db.is_url(database_url):
+            scheme = database_url.split("://")[0]
+            raise ValueError(
+                f"database_url: expected postgresql://user:password@host:port/database, got {scheme}://..."
+            )
+        self.database: db.Location = database_url or self.path
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # for spill files, whichever the database
         self.flush_seconds = flush_seconds
         self.max_backlog = log_max_backlog() if max_backlog is None else max_backlog
         self.retention_days = log_retention_days() if retention_days is None else retention_days
@@ -162,8 +177,8 @@ class PredictionLogWriter:
         self._spills_waiting = True
         self._next_prune = 0.0
         # Opening migrates an older log and fails the start if the log cannot be opened at all.
-        self._conn: sqlite3.Connection | None = self._open(startup=True)
-        self._requests = self._open(startup=True)  # lookups and feedback, from request threads
+        self._conn: Connection | None = self._open(startup=True)
+        self._requests: Connection | None = self._open(startup=True)  # lookups and feedback
         self._requests_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -294,9 +309,25 @@ class PredictionLogWriter:
             )
 
     def lookup(self, request_id: str | None = None, flight_key: str | None = None) -> dict[str, Any] | None:
-        """The logged prediction by request id, or the latest one for a flight key."""
-        with self._requests_lock:
-            return find_prediction(self._requests, request_id, flight_key)
+        """The logged prediction by request id, or the latest one for a flight key. Raises
+        :class:`LogUnavailable` when the log cannot be read."""
+        what = f"request_id {request_id}" if request_id is not None else f"flight_key {flight_key}"
+        with self._requests_lock, self._request_connection(f"cannot look up the prediction of {what}") as conn:
+            return find_prediction(conn, request_id, flight_key)
+
+    @contextmanager
+    def _request_connection(self, doing: str) -> Iterator[Connection]:
+        """The request threads' connection (the caller holds ``_requests_lock``), opened again
+        after the database failed: a PostgreSQL server restarts, a SQLite file does not go away."""
+        try:
+            if self._requests is None:
+                self._requests = self._open()
+            yield self._requests
+        except db.unavailable_errors(self.database) as exc:
+            if self._requests is not None and db.is_postgres(self._requests):
+                self._requests.close()
+                self._requests = None
+            raise LogUnavailable(f"{doing}: {_describe(exc)}") from exc
 
     def record_feedback(
         self,
@@ -336,15 +367,9 @@ class PredictionLogWriter:
         if found is None:
             which = f"request_id {request_id}" if request_id is not None else f"flight_key {flight_key}"
             raise LookupError(f"no logged prediction for {which}")
-        with self._requests_lock:
-            try:
-                return record_outcome(
-                    self._requests, found["request_id"], float(departure_delay_minutes), bool(late), self.clock()
-                )
-            except sqlite3.OperationalError as exc:
-                raise LogUnavailable(
-                    f"cannot record the outcome of prediction {found['request_id']}: {_describe(exc)}"
-                ) from exc
+        doing = f"cannot record the outcome of prediction {found['request_id']}"
+        with self._requests_lock, self._request_connection(doing) as conn:
+            return record_outcome(conn, found["request_id"], float(departure_delay_minutes), bool(late), self.clock())
 
     def status(self) -> LogStatus:
         with self._state:
@@ -372,15 +397,17 @@ class PredictionLogWriter:
         if self._thread.is_alive():
             log.error("prediction log: the writer thread is still running after close; its queue may be lost")
         with self._requests_lock:
-            self._requests.close()
+            if self._requests is not None:
+                self._requests.close()
 
     # --- Writer thread --------------------------------------------------------------------------
 
-    def _open(self, startup: bool = False) -> sqlite3.Connection:
+    def _open(self, startup: bool = False) -> Connection:
         # At start, workers opening a new log at once wait for each other (open_for_writing); a
         # reconnect while the log is failing waits no longer than a write would.
-        conn = open_for_writing(self.path) if startup else open_for_writing(self.path, self.busy_timeout)
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        conn = open_for_writing(self.database) if startup else open_for_writing(self.database, self.busy_timeout)
+        if not db.is_postgres(conn):
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         return conn
 
     def _run(self) -> None:
@@ -462,7 +489,7 @@ class PredictionLogWriter:
                 self._committed = self._pending_upto
             self._state.notify_all()
 
-    def _attempt(self, what: str, write: Callable[[sqlite3.Connection], None]) -> bool:
+    def _attempt(self, what: str, write: Callable[[Connection], None]) -> bool:
         try:
             if self._conn is None:
                 self._conn = self._open()
@@ -480,25 +507,25 @@ class PredictionLogWriter:
             self._counts["write_errors"] += 1
             self._last_error = described
             backlog = self._accepted - self._done
-        LOG_WRITE_ERRORS.labels(getattr(exc, "sqlite_errorname", None) or type(exc).__name__).inc()
+        LOG_WRITE_ERRORS.labels(db.error_name(exc)).inc()
         log.warning("prediction log: %s failed (%s); %d rows kept, retrying", what, described, backlog)
         conn = self._conn
-        if conn is not None and conn.in_transaction:  # write_transaction rolls back; its ROLLBACK may fail
+        if conn is not None and db.in_transaction(conn):  # write_transaction rolls back; its ROLLBACK may fail
             try:
                 conn.execute("ROLLBACK")
-            except sqlite3.Error as rollback:
+            except db.database_errors(conn) as rollback:
                 log.error("prediction log: ROLLBACK failed (%s); reconnecting", _describe(rollback))
                 conn.close()  # closing ends the transaction and releases the lock
                 self._conn = None
 
-    def _write(self, conn: sqlite3.Connection) -> None:
+    def _write(self, conn: Connection) -> None:
         if self._pending:
             with write_transaction(conn):
                 refused = write_rows(conn, self._pending)
             self._report_refused(refused)
         self._settle(committed=True)
 
-    def _replay(self, conn: sqlite3.Connection) -> None:
+    def _replay(self, conn: Connection) -> None:
         replayed = replay_spills(conn, self.path)
         self._spills_waiting = False
         for file, why in replayed.invalid:
@@ -510,7 +537,7 @@ class PredictionLogWriter:
             self._counts["replayed"] += replayed.rows
         LOG_REPLAYED.inc(replayed.rows)
 
-    def _prune(self, conn: sqlite3.Connection) -> None:
+    def _prune(self, conn: Connection) -> None:
         # The next batch at once while the last one was full; else in retention_every_seconds.
         self._next_prune = time.monotonic() + self.retention_every_seconds
         deleted = prune(conn, self.clock() - self.retention_days * DAY_SECONDS, PRUNE_BATCH)
@@ -538,7 +565,7 @@ class PredictionLogWriter:
 
     def _report_refused(self, refused: list[RefusedRow]) -> None:
         for row in refused:
-            self._drop(1, f"{row.table} row of {row.row[0]} refused by SQLite ({row.error})")
+            self._drop(1, f"{row.table} row of {row.row[0]} refused by the database ({row.error})")
 
     def _drop(self, n: int, why: str) -> None:
         log.error("prediction log: %d acknowledged rows lost: %s", n, why)

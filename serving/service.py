@@ -85,7 +85,7 @@ class FlightDelayService:
         # thread spinning for the matrix products made a batch slower, not faster.
         threadpool_limits(1)
         s = self.settings = ServingSettings.from_env()
-        self.registry = ModelRegistry(s.layout.bentoml_home)
+        self.registry = ModelRegistry(s.layout.bentoml_home, s.layout.database_url)
         store = build_store(s.repo_path, s.layout.feast_state, s.online_store_url)
         self.online = OnlineFeatures(store, FLIGHT_DELAY_SERVICE, s.feature_cache_seconds, s.feature_cache_entries)
         # A model whose inputs the online features cannot build is refused when it is loaded.
@@ -97,6 +97,7 @@ class FlightDelayService:
             s.log_flush_seconds,
             max_backlog=s.log_max_backlog,
             retention_days=s.log_retention_days,
+            database_url=s.layout.database_url,
         )
         # The local SQLite store (WAL) is read on the loop; a network store (Redis) on threads.
         self.store_calls = Blocking(s.io_threads, s.store_timeout_seconds, inline=s.online_store_url is None)
@@ -105,7 +106,13 @@ class FlightDelayService:
             self.router, self.online, self.telemetry, self.log, s.threshold, self.store_calls, self.log_calls
         )
         store_name = redact(s.online_store_url) if s.online_store_url else "sqlite"
-        log.info("flight_delay service: data %s, online store %s", s.layout.root, store_name)
+        shared = redact(s.layout.database_url) if s.layout.database_url else "files in the data folder"
+        log.info(
+            "flight_delay service: data %s, online store %s, prediction log and champion history %s",
+            s.layout.root,
+            store_name,
+            shared,
+        )
         # Startup leaves long-lived objects by the hundred thousand (TF, Feast, pydantic); freezing
         # them keeps full collections over them off the request path.
         gc.collect()

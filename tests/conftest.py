@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from flight_delay import data
+from tests.support.postgres import history_database, log_database, postgres_server, postgres_url  # noqa: F401
 from tests.support.source import SLICE_DAYS, slice_days, write_source
 
 
@@ -40,4 +41,5 @@ def _dagster_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.delenv("FLIGHT_DELAY_DATA_DIR", raising=False)
     monkeypatch.delenv("FLIGHT_DELAY_SOURCE_DIR", raising=False)
+    monkeypatch.delenv("FLIGHT_DELAY_DATABASE_URL", raising=False)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from flight_delay.drift import Reference
 from flight_delay.forward import read_reference
+from flight_delay.log_database import redact
 from flight_delay.monitoring import drift_rows, quality_rows
 from flight_delay.prediction_log import data_days
 from flight_delay.registry import ModelRegistry
@@ -45,8 +46,11 @@ def prediction_log(context: dg.AssetExecutionContext, prediction_log_db: Predict
         "rows_with_feedback": with_feedback,
         "models": dg.MetadataValue.json(_counts(frame["model_version"])),
         "variants": dg.MetadataValue.json(_counts(frame["variant"])),
-        "path": dg.MetadataValue.path(str(path)),
     }
+    if prediction_log_db.database_url:
+        metadata["database"] = redact(prediction_log_db.database_url)
+    else:
+        metadata["path"] = dg.MetadataValue.path(str(path))
     if len(frame):
         metadata["first_prediction"] = dg.MetadataValue.timestamp(frame["predicted_at"].min().timestamp())
         metadata["last_prediction"] = dg.MetadataValue.timestamp(frame["predicted_at"].max().timestamp())

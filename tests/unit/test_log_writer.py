@@ -4,7 +4,7 @@ read-only, a shutdown that cannot write, retention, and feedback recorded once p
 Every fault is real: SQLite itself refuses the writes (``PRAGMA max_page_count`` answers
 SQLITE_FULL, ``PRAGMA query_only`` SQLITE_READONLY, another connection's ``BEGIN EXCLUSIVE``
 SQLITE_BUSY), on real files, with the writer's real thread and, for the feedback race, two real
-processes.
+processes. The tests taking ``log_database`` run over SQLite and over a real PostgreSQL.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import pytest
 
 from serving import log_writer
 from serving.log_writer import PredictionLogWriter
+from tests.support.postgres import LogDatabase
 
 FEATURES = {"dep_hour": 5.0, "temp": 39.0, "carrier": "UA", "wind_gust": math.nan}
 DAY = 86_400.0
@@ -36,9 +37,9 @@ def predict(log: PredictionLogWriter, request_id: str, probability: float = 0.25
     )
 
 
-def logged(path: Path, table: str = "predictions") -> list[str]:
-    with closing(sqlite3.connect(path, timeout=5)) as db:
-        return [r[0] for r in db.execute(f"SELECT request_id FROM {table} ORDER BY request_id")]
+def logged(where: Path | LogDatabase, table: str = "predictions") -> list[str]:
+    database = where if isinstance(where, LogDatabase) else LogDatabase(where)
+    return [r[0] for r in database.execute(f"SELECT request_id FROM {table} ORDER BY request_id")]
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
@@ -107,9 +108,9 @@ def test_a_probability_that_is_not_a_number_is_refused_and_never_queued(tmp_path
         log.close()
 
 
-def test_a_row_sqlite_can_never_take_is_dropped_and_counted_and_the_others_are_written(tmp_path):
-    path = tmp_path / "predictions.db"
-    log = PredictionLogWriter(path, flush_seconds=60)
+def test_a_row_the_database_can_never_take_is_dropped_and_counted_and_the_others_are_written(log_database):
+    path = log_database
+    log = log_database.writer(flush_seconds=60)
     try:
         predict(log, "good-1")
         log.predicted("no-key", None, "flight_delay:aaa", "champion", 0.5, FEATURES)  # type: ignore[arg-type]
@@ -120,9 +121,46 @@ def test_a_row_sqlite_can_never_take_is_dropped_and_counted_and_the_others_are_w
         assert logged(path) == ["good-1", "good-2"]
         status = log.status()
         assert status.dropped == 3 and status.backlog == 0 and status.writer_alive
-        another_connection_can_write(path)
+        if log_database.url is None:
+            another_connection_can_write(log_database.path)
     finally:
         log.close()
+
+
+def test_predictions_survive_a_postgres_that_refuses_writes_and_a_shutdown_spills_them(postgres_url, tmp_path):
+    """PostgreSQL refuses every write while the fault is on (a read-only transaction, SQLSTATE
+    25006): the writer keeps the rows, retries, commits them once it clears, and at a shutdown
+    spills what it could not write to the local disk, for the next writer to replay."""
+    refusing = [False]
+
+    def hook(conn: Any) -> None:
+        conn.execute(f"SET default_transaction_read_only = {'on' if refusing[0] else 'off'}")
+
+    database = LogDatabase(tmp_path / "predictions.db", postgres_url)
+    log = database.writer(flush_seconds=0.01, close_timeout=0.3, before_write=hook)
+    predict(log, "before")
+    log.flush()
+    refusing[0] = True
+    for i in range(20):
+        predict(log, f"during-{i:02d}")
+    wait_for(lambda: log.status().write_errors >= 2, "two failed writes")
+    assert "25006" in (log.status().last_error or "") and log.status().backlog == 20
+    refusing[0] = False
+    log.flush()
+    assert logged(database) == ["before", *[f"during-{i:02d}" for i in range(20)]]
+
+    refusing[0] = True
+    for request_id in ("spilled-1", "spilled-2"):
+        predict(log, request_id)
+    log.close()
+    (spill,) = tmp_path.glob("predictions.db.spill-*.jsonl")
+    assert log.status().spilled == 2 and "spilled-1" not in logged(database)
+    restarted = database.writer(flush_seconds=0.01)
+    try:
+        wait_for(lambda: restarted.status().replayed == 2, "the spill file replayed into PostgreSQL")
+        assert not spill.exists() and {"spilled-1", "spilled-2"} <= set(logged(database))
+    finally:
+        restarted.close()
 
 
 class Fault:
@@ -259,11 +297,11 @@ def test_a_shutdown_that_cannot_write_spills_and_the_next_writer_replays(tmp_pat
 
 
 @pytest.mark.parametrize("retention_days", [30, 0])
-def test_retention_deletes_old_predictions_and_their_feedback_only(tmp_path, retention_days):
-    path = tmp_path / "predictions.db"
+def test_retention_deletes_old_predictions_and_their_feedback_only(log_database, retention_days):
+    path = log_database
     now = [T0 - 40 * DAY]
-    log = PredictionLogWriter(
-        path, flush_seconds=0.01, clock=lambda: now[0], retention_days=retention_days, retention_every_seconds=0.05
+    log = log_database.writer(
+        flush_seconds=0.01, clock=lambda: now[0], retention_days=retention_days, retention_every_seconds=0.05
     )
     try:
         predict(log, "old")
@@ -285,20 +323,18 @@ def test_retention_deletes_old_predictions_and_their_feedback_only(tmp_path, ret
         log.close()
 
 
-def test_the_queued_feedback_keeps_one_outcome_per_prediction(tmp_path):
-    path = tmp_path / "predictions.db"
-    log = PredictionLogWriter(path)
+def test_the_queued_feedback_keeps_one_outcome_per_prediction(log_database):
+    log = log_database.writer()
     predict(log, "r1")
     log.feedback("r1", "2013-03-10:UAr1:EWR", 20.0, True)
     log.feedback("r1", "2013-03-10:UAr1:EWR", 3.0, False)
     log.close()
-    with closing(sqlite3.connect(path)) as db:
-        assert db.execute("SELECT departure_delay_minutes FROM feedback").fetchall() == [(20.0,)]
+    assert log_database.execute("SELECT departure_delay_minutes FROM feedback") == [(20.0,)]
 
 
-def test_feedback_is_recorded_once_and_a_different_outcome_is_a_conflict(tmp_path):
-    path = tmp_path / "predictions.db"
-    log = PredictionLogWriter(path, flush_seconds=60)  # the prediction is still queued
+def test_feedback_is_recorded_once_and_a_different_outcome_is_a_conflict(log_database):
+    path = log_database
+    log = log_database.writer(flush_seconds=60)  # the prediction is still queued
     try:
         predict(log, "r1", 0.8, prediction_time=T0)
         first = log.record_feedback(request_id="r1", departure_delay_minutes=20.0, late=True, wait_seconds=0.5)
@@ -317,9 +353,8 @@ def test_feedback_is_recorded_once_and_a_different_outcome_is_a_conflict(tmp_pat
         log.close()
 
 
-def test_feedback_for_an_unknown_prediction_waits_then_names_the_key(tmp_path):
-    path = tmp_path / "predictions.db"
-    log = PredictionLogWriter(path)
+def test_feedback_for_an_unknown_prediction_waits_then_names_the_key(log_database):
+    log = log_database.writer()
     try:
         started = time.monotonic()
         with pytest.raises(LookupError, match="no logged prediction for flight_key 2013-03-10:ZZ1:EWR"):
@@ -331,10 +366,9 @@ def test_feedback_for_an_unknown_prediction_waits_then_names_the_key(tmp_path):
         log.close()
 
 
-def test_feedback_finds_a_prediction_another_worker_commits_while_it_waits(tmp_path):
-    path = tmp_path / "predictions.db"
-    mine = PredictionLogWriter(path)
-    other = PredictionLogWriter(path, flush_seconds=0.2)  # another worker's log, a flush later
+def test_feedback_finds_a_prediction_another_worker_commits_while_it_waits(log_database):
+    mine = log_database.writer()
+    other = log_database.writer(flush_seconds=0.2)  # another worker's log, a flush later
     try:
         predict(other, "theirs")
         found = mine.record_feedback(request_id="theirs", departure_delay_minutes=30.0, late=True, wait_seconds=2.0)
@@ -344,8 +378,8 @@ def test_feedback_finds_a_prediction_another_worker_commits_while_it_waits(tmp_p
         mine.close()
 
 
-def _race(path: str, request_ids: list[str], delay: float, barrier: Any, results: Any) -> None:
-    log = PredictionLogWriter(Path(path))
+def _race(database: LogDatabase, request_ids: list[str], delay: float, barrier: Any, results: Any) -> None:
+    log = database.writer()
     try:
         for request_id in request_ids:
             barrier.wait()
@@ -363,9 +397,8 @@ def _race(path: str, request_ids: list[str], delay: float, barrier: Any, results
 
 
 @pytest.mark.parametrize("outcomes", [(20.0, 20.0), (20.0, 3.0)], ids=["same", "different"])
-def test_two_workers_racing_to_record_feedback_one_wins(tmp_path, outcomes):
-    path = tmp_path / "predictions.db"
-    log = PredictionLogWriter(path)
+def test_two_workers_racing_to_record_feedback_one_wins(log_database, outcomes):
+    log = log_database.writer()
     request_ids = [f"r{i:02d}" for i in range(15)]
     for request_id in request_ids:
         predict(log, request_id)
@@ -373,15 +406,14 @@ def test_two_workers_racing_to_record_feedback_one_wins(tmp_path, outcomes):
 
     ctx = multiprocessing.get_context("fork")
     barrier, results = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_race, args=(str(path), request_ids, d, barrier, results)) for d in outcomes]
+    procs = [ctx.Process(target=_race, args=(log_database, request_ids, d, barrier, results)) for d in outcomes]
     for p in procs:
         p.start()
     answers = [results.get(timeout=60) for _ in range(2 * len(request_ids))]
     for p in procs:
         p.join(timeout=60)
     assert [a for a in answers if a[0] == "error"] == []
-    with closing(sqlite3.connect(path)) as db:
-        recorded = dict(db.execute("SELECT request_id, departure_delay_minutes FROM feedback").fetchall())
+    recorded = dict(log_database.execute("SELECT request_id, departure_delay_minutes FROM feedback"))
     for request_id in request_ids:
         kinds = sorted(kind for r, _, kind in answers if r == request_id)
         winner = next(d for r, d, kind in answers if r == request_id and kind == "first")

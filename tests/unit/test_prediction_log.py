@@ -1,4 +1,5 @@
-"""The prediction log read back as a dataset: ``read_log`` and the ``prediction_log`` asset."""
+"""The prediction log read back as a dataset: ``read_log`` and the ``prediction_log`` asset. The
+tests taking ``log_database`` run over a SQLite log and a PostgreSQL one: the frames are the same."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from flight_delay.flights import LOCAL_TZ
 from flight_delay.prediction_log import LogRows, open_for_writing, read_log, write_rows, write_transaction
 from pipeline.definitions import build_definitions
 from serving.log_writer import PredictionLogWriter
+from tests.support.postgres import LogDatabase
 
 # The columns of a log without features, in order: the prediction, then its feedback.
 PREDICTION = ["request_id", "predicted_at", "prediction_time", "flight_key"]
@@ -30,8 +32,8 @@ def clock() -> list[float]:
     return [T0]
 
 
-def _write(path: Path, clock: list[float]) -> None:
-    log = PredictionLogWriter(path, clock=lambda: clock[0])
+def _write(database: LogDatabase, clock: list[float]) -> None:
+    log = database.writer(clock=lambda: clock[0])
     log.predicted(
         "r1",
         "UA_1545_2013-01-01",
@@ -66,10 +68,9 @@ def _write(path: Path, clock: list[float]) -> None:
     log.close()
 
 
-def test_predictions_come_back_with_their_feedback(tmp_path, clock):
-    path = tmp_path / "predictions.db"
-    _write(path, clock)
-    frame = read_log(path)
+def test_predictions_come_back_with_their_feedback(log_database, clock):
+    _write(log_database, clock)
+    frame = read_log(log_database.location)
 
     assert list(frame.columns) == [*BASE[:9], "dep_hour", "temp", "carrier", "wind_gust", *BASE[9:]]
     assert list(frame["request_id"]) == ["r1", "r2", "r3"]  # one row each, oldest first
@@ -98,18 +99,18 @@ def test_predictions_come_back_with_their_feedback(tmp_path, clock):
     assert pd.isna(frame["feedback_at"].iloc[1])
 
 
-def test_since_keeps_later_predictions(tmp_path, clock):
-    path = tmp_path / "predictions.db"
-    _write(path, clock)
+def test_since_keeps_later_predictions(log_database, clock):
+    path = log_database.location
+    _write(log_database, clock)
     assert list(read_log(path, since=T0 + 10)["request_id"]) == ["r2", "r3"]  # inclusive
     assert list(read_log(path, since=T0 + 10.5)["request_id"]) == ["r3"]
     late = read_log(path, since=T0 + 1000)
     assert late.empty and list(late.columns) == BASE
 
 
-def test_reading_leaves_a_running_writer_alone(tmp_path):
-    path = tmp_path / "predictions.db"
-    log = PredictionLogWriter(path, flush_seconds=60)
+def test_reading_leaves_a_running_writer_alone(log_database):
+    path = log_database.location
+    log = log_database.writer(flush_seconds=60)
     try:
         log.predicted("a", "k", "m:1", "champion", 0.1, {"x": 1.0})
         log.flush()
@@ -128,10 +129,14 @@ def test_a_missing_file_is_an_empty_log(tmp_path):
     assert not (tmp_path / "nowhere").exists()  # reading creates nothing
 
 
-def test_an_empty_log_has_the_base_columns(tmp_path):
-    path = tmp_path / "predictions.db"
-    PredictionLogWriter(path).close()
-    frame = read_log(path)
+def test_an_empty_log_has_the_base_columns(log_database):
+    log_database.writer().close()
+    frame = read_log(log_database.location)
+    assert frame.empty and list(frame.columns) == BASE
+
+
+def test_a_postgres_database_the_service_never_wrote_to_is_an_empty_log(postgres_url):
+    frame = read_log(postgres_url)
     assert frame.empty and list(frame.columns) == BASE
 
 
@@ -159,11 +164,11 @@ def _local(text: str) -> float:
     return pd.Timestamp(text, tz=LOCAL_TZ).timestamp()
 
 
-def _write_days(path: Path) -> None:
+def _write_days(database: LogDatabase) -> None:
     """Predictions for flights of March 9 and 10, 2013 (the 10th is the day clocks go forward), one
     logged without a prediction time, one whose features are not JSON on the 11th."""
     wall = [T0]
-    log = PredictionLogWriter(path, clock=lambda: wall[0])
+    log = database.writer(clock=lambda: wall[0])
     predict = {"model_version": "flight_delay:aaa", "variant": "champion", "features": {"x": 1.0}}
     log.predicted("a", "2013-03-09:UA1:EWR", probability=0.1, prediction_time=_local("2013-03-09 00:00"), **predict)
     log.predicted("b", "2013-03-10:UA2:EWR", probability=0.2, prediction_time=_local("2013-03-09 23:59:59"), **predict)
@@ -173,17 +178,16 @@ def _write_days(path: Path) -> None:
     log.predicted("e", "2013-03-10:UA5:EWR", probability=0.5, **predict)  # the day of predicted_at
     log.feedback("c", "2013-03-10:UA3:EWR", 30.0, True)
     log.close()
-    with closing(sqlite3.connect(path)) as db, db:
-        db.execute(
-            "INSERT INTO predictions VALUES ('z', ?, '2013-03-11:UA9:EWR', 'm', 'champion', 0.9, 'not json', ?, "
-            "NULL, NULL)",
-            (T0, _local("2013-03-11 06:00")),
-        )
+    database.execute(
+        "INSERT INTO predictions VALUES ('z', ?, '2013-03-11:UA9:EWR', 'm', 'champion', 0.9, 'not json', ?, "
+        "NULL, NULL)",
+        (T0, _local("2013-03-11 06:00")),
+    )
 
 
-def test_a_time_range_reads_the_predictions_of_its_data_time(tmp_path):
-    path = tmp_path / "predictions.db"
-    _write_days(path)
+def test_a_time_range_reads_the_predictions_of_its_data_time(log_database):
+    path = log_database.location
+    _write_days(log_database)
     day = read_log(path, start=_local("2013-03-10 00:00"), end=_local("2013-03-11 00:00"))
     assert list(day["request_id"]) == ["e", "c", "d"]  # oldest predicted_at first
     assert list(day["prediction_time"]) == [
@@ -210,8 +214,10 @@ def test_a_day_is_read_through_the_index(tmp_path):
     assert any("USING INDEX predictions_by_data_time (prediction_time=? AND predicted_at>?" in s for s in plan)
 
 
-def test_the_daily_asset_stores_each_day_of_the_log_in_the_lake(tmp_path):
+def test_the_daily_asset_stores_each_day_of_the_log_in_the_lake(tmp_path, log_database, monkeypatch):
     data_dir = tmp_path / "data"
+    if log_database.url:  # the pipeline takes the log where the service writes it: the setting both read
+        monkeypatch.setenv("FLIGHT_DELAY_DATABASE_URL", log_database.url)
     defs = build_definitions(data_dir=str(data_dir))
     assets = list(defs.assets or [])
     stored = data_dir / "lake" / "prediction_log"
@@ -226,21 +232,24 @@ def test_the_daily_asset_stores_each_day_of_the_log_in_the_lake(tmp_path):
     assert materialize("2013-03-09")["rows"] == 0
     assert pd.read_parquet(stored / "2013-03-09.parquet").empty
 
-    db = data_dir / "prediction_log" / "predictions.db"  # where the service writes
+    db = LogDatabase(data_dir / "prediction_log" / "predictions.db", log_database.url)  # where the service writes
     _write_days(db)
     first = materialize("2013-03-09")
     second = materialize("2013-03-10")  # the row of the 11th is never read: its features would fail
     ninth, tenth = pd.read_parquet(stored / "2013-03-09.parquet"), pd.read_parquet(stored / "2013-03-10.parquet")
     assert list(ninth["request_id"]) == ["a", "b"] and set(ninth["day"]) == {"2013-03-09"}
     assert list(tenth["request_id"]) == ["e", "c", "d"] and set(tenth["day"]) == {"2013-03-10"}
-    expected = read_log(db, start=_local("2013-03-10 00:00"), end=_local("2013-03-11 00:00"))
+    expected = read_log(db.location, start=_local("2013-03-10 00:00"), end=_local("2013-03-11 00:00"))
     pd.testing.assert_frame_equal(tenth.drop(columns="day"), expected)
 
     assert first["day"] == "2013-03-09" and second["day"] == "2013-03-10"
     assert first["rows"] == 2 and second["rows"] == 3 and second["rows_with_feedback"] == 1
     assert second["models"] == {"flight_delay:aaa": 3} and second["variants"] == {"champion": 3}
     assert second["first_prediction"] == _local("2013-03-10 12:00") and second["late_rate"] == 1.0
-    assert second["path"] == str(db.resolve())
+    if log_database.url:
+        assert second["database"] == log_database.url and "path" not in second
+    else:
+        assert second["path"] == str(db.path.resolve())
 
 
 # The tables of a log written before prediction_time and one outcome per prediction.

@@ -24,9 +24,18 @@ def _write(text: str, files: int = 1):
     return write
 
 
-@pytest.fixture()
-def registry(tmp_path: Path) -> ModelRegistry:
-    return ModelRegistry(tmp_path / "bentoml")
+@pytest.fixture(params=["files", "postgres"])
+def registry(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModelRegistry:
+    """A registry whose champion history is a file, or a table in a real PostgreSQL (the command
+    line then finds it through FLIGHT_DELAY_DATABASE_URL, as a deployment's would)."""
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    if url:
+        monkeypatch.setenv("FLIGHT_DELAY_DATABASE_URL", url)
+    return ModelRegistry(tmp_path / "bentoml", url)
+
+
+# The tests of the history file itself.
+files_only = pytest.mark.parametrize("registry", ["files"], indirect=True)
 
 
 def _models(registry: ModelRegistry, n: int) -> list[str]:
@@ -38,6 +47,7 @@ def _history_file(registry: ModelRegistry) -> Path:
 
 
 # -- model versions -----------------------------------------------------------------------------
+@files_only
 def test_register_keeps_labels_metadata_and_files(registry):
     tag = registry.register("m", _write("one"), {"feature_service": "svc_v1"}, {"metrics": {"auc": 0.8}})
     model = registry.get(tag)
@@ -46,16 +56,19 @@ def test_register_keeps_labels_metadata_and_files(registry):
     assert (registry.model_dir(tag) / "weights0.txt").read_text() == "one"
 
 
+@files_only
 def test_labels_must_be_strings(registry):
     with pytest.raises(TypeError, match="labels must be strings"):
         registry.register("m", _write("x"), {"auc": 0.8}, {})  # type: ignore[dict-item]
 
 
+@files_only
 def test_versions_are_listed_oldest_first(registry):
     tags = _models(registry, 3)
     assert registry.list("m") == tags
 
 
+@files_only
 def test_a_failed_write_leaves_no_version_behind(registry):
     def write(path: Path) -> None:
         path.mkdir(parents=True)
@@ -67,6 +80,7 @@ def test_a_failed_write_leaves_no_version_behind(registry):
     assert registry.list("m") == []
 
 
+@files_only
 def test_a_version_appears_only_when_complete(registry):
     """A reader listing the store while a large model is registered never sees it half-copied."""
     files = 3000
@@ -96,6 +110,7 @@ def test_a_version_appears_only_when_complete(registry):
     assert registry.list("m") == [tag]
 
 
+@files_only
 def test_a_half_copied_version_is_skipped_with_a_warning(registry, caplog):
     (good,) = _models(registry, 1)
     store = registry.home / "models" / "m"
@@ -118,6 +133,7 @@ def test_a_half_copied_version_is_skipped_with_a_warning(registry, caplog):
 
 
 # -- canonical tags -----------------------------------------------------------------------------
+@files_only
 def test_tags_are_resolved_to_name_and_version(registry):
     (a,) = _models(registry, 1)
     name, version = a.split(":")
@@ -169,7 +185,7 @@ def test_a_rollback_never_returns_to_a_model_rolled_back_from(registry):
 def test_history_survives_a_new_registry_object(registry, tmp_path):
     (a,) = _models(registry, 1)
     registry.promote("m", a, "first", expected_champion=None)
-    assert ModelRegistry(tmp_path / "bentoml").champion("m") == a
+    assert ModelRegistry(tmp_path / "bentoml", registry.database_url).champion("m") == a
 
 
 def test_rollback_needs_an_earlier_champion(registry):
@@ -281,8 +297,8 @@ def test_concurrent_promote_and_rollback_in_threads_only_one_wins(registry):
     assert len(registry.history("m")) == 3
 
 
-def _race(home: str, action: str, tag: str, expected: str, barrier, results) -> None:
-    registry = ModelRegistry(home)
+def _race(home: str, url: str | None, action: str, tag: str, expected: str, barrier, results) -> None:
+    registry = ModelRegistry(home, url)
     barrier.wait()
     try:
         if action == "promote":
@@ -301,7 +317,10 @@ def test_concurrent_promote_and_rollback_in_processes_only_one_wins(registry):
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(4), ctx.Queue()
     jobs = [("promote", c), ("promote", d), ("rollback", ""), ("rollback", "")]
-    procs = [ctx.Process(target=_race, args=(str(registry.home), act, tag, b, barrier, results)) for act, tag in jobs]
+    procs = [
+        ctx.Process(target=_race, args=(str(registry.home), registry.database_url, act, tag, b, barrier, results))
+        for act, tag in jobs
+    ]
     for p in procs:
         p.start()
     outcomes = [results.get(timeout=120) for _ in procs]
@@ -313,6 +332,7 @@ def test_concurrent_promote_and_rollback_in_processes_only_one_wins(registry):
 
 
 # -- a torn history -----------------------------------------------------------------------------
+@files_only
 @pytest.mark.parametrize("tail", [b'{"model_name": "m", "tag": "m:', b"\x00" * 512, b"\x00" * 64 + b"\n"])
 def test_a_torn_last_line_is_ignored_and_repaired_at_the_next_append(registry, caplog, tail):
     a, b = _models(registry, 2)
@@ -329,6 +349,7 @@ def test_a_torn_last_line_is_ignored_and_repaired_at_the_next_append(registry, c
     assert [e.tag for e in registry.history("m")] == [a, b]
 
 
+@files_only
 def test_a_last_line_without_newline_but_whole_is_kept(registry):
     a, b = _models(registry, 2)
     registry.promote("m", a, "first", expected_champion=None)
@@ -338,6 +359,7 @@ def test_a_last_line_without_newline_but_whole_is_kept(registry):
     assert [e.tag for e in registry.history("m")] == [a, b]
 
 
+@files_only
 def test_a_corrupt_line_in_the_middle_is_an_error_naming_it(registry):
     a, b = _models(registry, 2)
     registry.promote("m", a, "first", expected_champion=None)
@@ -384,6 +406,7 @@ def test_a_promotion_by_hand_guards_the_new_champion_with_the_one_it_replaced(re
     assert "rollback guard" in registry.history("m")[-1].reason
 
 
+@files_only
 def test_an_event_that_breaks_the_rules_is_an_error_naming_its_line(registry):
     (a,) = _models(registry, 1)
     registry.promote("m", a, "first", expected_champion=None)

@@ -1,6 +1,7 @@
 """The shadow challenger in the prediction log: its two columns (added to an older log in place,
 written, read back, spilled and replayed) and the outcomes the challenger's sequential test reads,
-paired (shadow) and per variant (split)."""
+paired (shadow) and per variant (split). The tests taking ``log_database`` run over SQLite and
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from flight_delay.prediction_log import (
     split_outcomes,
 )
 from serving.log_writer import PredictionLogWriter
+from tests.support.postgres import LogDatabase
 
 T0 = 1_700_000_000.0
 CHAMPION, CHALLENGER = "flight_delay:aaa", "flight_delay:bbb"
@@ -80,8 +82,8 @@ def test_an_old_log_reads_without_shadow_figures_and_gains_the_columns_when_a_wr
     open_for_writing(path).close()  # a migrated log opens again
 
 
-def test_feedback_finds_the_shadow_probability_of_its_prediction(tmp_path):
-    log = PredictionLogWriter(tmp_path / "predictions.db", flush_seconds=60)  # still queued: flushed first
+def test_feedback_finds_the_shadow_probability_of_its_prediction(log_database):
+    log = log_database.writer(flush_seconds=60)  # still queued: flushed first
     try:
         log.predicted(
             "r1", "k1", CHAMPION, "champion", 0.2, FEATURES, shadow_model_version=CHALLENGER, shadow_probability=0.9
@@ -114,9 +116,10 @@ def test_a_shadow_figure_needs_a_version_and_a_finite_probability(tmp_path, shad
         log.close()
 
 
-def test_spilled_rows_replay_with_their_shadow_and_rows_spilled_before_it_without(tmp_path):
-    path = tmp_path / "predictions.db"
-    conn = open_for_writing(path)
+def test_spilled_rows_replay_with_their_shadow_and_rows_spilled_before_it_without(log_database):
+    path = log_database.path  # the spill files stay beside the log's file, also with the log in PostgreSQL
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = open_for_writing(log_database.location)
     new = ["r1", T0, "k1", CHAMPION, "champion", 0.2, "{}", T0, CHALLENGER, 0.9]
     old = ["r0", T0, "k0", CHAMPION, "champion", 0.4, "{}", T0]  # written by the version before
     spilled = path.with_name(f"{path.name}.spill-1-1.jsonl")
@@ -124,15 +127,15 @@ def test_spilled_rows_replay_with_their_shadow_and_rows_spilled_before_it_withou
     done = replay_spills(conn, path)
     conn.close()
     assert done.rows == 2 and not done.invalid and not spill_files(path)
-    frame = read_log(path).set_index("request_id")
+    frame = read_log(log_database.location).set_index("request_id")
     assert (frame.loc["r1", "shadow_model_version"], frame.loc["r1", "shadow_probability"]) == (CHALLENGER, 0.9)
     assert frame.loc["r0", "shadow_model_version"] is None and math.isnan(frame.loc["r0", "shadow_probability"])
 
 
-def _traffic(path, clock: list[float]) -> None:
+def _traffic(database: LogDatabase, clock: list[float]) -> None:
     """Champion rows with and without a shadow figure, a split challenger's rows, another model's
     rows, and outcomes arriving in another order than the predictions."""
-    log = PredictionLogWriter(path, clock=lambda: clock[0], retention_days=0)
+    log = database.writer(clock=lambda: clock[0], retention_days=0)
     shadow = {"shadow_model_version": CHALLENGER}
     log.predicted("a", "ka", CHAMPION, "champion", 0.2, FEATURES, T0 - 100, **shadow, shadow_probability=0.3)
     log.predicted("b", "kb", CHAMPION, "champion", 0.6, FEATURES, None, **shadow, shadow_probability=0.5)
@@ -157,9 +160,11 @@ def _traffic(path, clock: list[float]) -> None:
     log.close()
 
 
-def test_paired_outcomes_are_the_champion_rows_with_the_challengers_shadow_figure_and_an_outcome(tmp_path):
-    path, clock = tmp_path / "predictions.db", [T0]
-    _traffic(path, clock)
+def test_paired_outcomes_are_the_champion_rows_with_the_challengers_shadow_figure_and_an_outcome(
+    log_database, tmp_path
+):
+    path, clock = log_database.location, [T0]
+    _traffic(log_database, clock)
     pairs = paired_outcomes(path, CHAMPION, CHALLENGER)
     assert tuple(pairs.columns) == PAIRED_COLUMNS
     assert list(pairs["request_id"]) == ["b", "a"]  # in the order the outcomes came
@@ -176,9 +181,9 @@ def test_paired_outcomes_are_the_champion_rows_with_the_challengers_shadow_figur
     assert paired_outcomes(tmp_path / "none.db", CHAMPION, CHALLENGER).empty
 
 
-def test_split_outcomes_are_each_variants_rows_with_an_outcome(tmp_path):
-    path, clock = tmp_path / "predictions.db", [T0]
-    _traffic(path, clock)
+def test_split_outcomes_are_each_variants_rows_with_an_outcome(log_database):
+    path, clock = log_database.location, [T0]
+    _traffic(log_database, clock)
     split = split_outcomes(path, CHAMPION, CHALLENGER)
     assert tuple(split.columns) == SPLIT_COLUMNS
     assert list(split["request_id"]) == ["b", "a", "c", "e", "g"]

@@ -1,0 +1,112 @@
+"""The champion history in PostgreSQL (``FLIGHT_DELAY_DATABASE_URL``), shared by every replica of
+the service and the pipeline: the same events as the JSON-lines file of
+:class:`flight_delay.registry.ModelRegistry`, one row each in an append-only table.
+
+The compare-and-set is the primary key (model name, sequence number): a decision is taken on the
+state folded from the events up to sequence ``n`` and written as event ``n + 1``, in one
+transaction. Two writers that read the same state both try to write ``n + 1``; PostgreSQL lets
+the first commit and fails the second, which then reads the new state and decides again, exactly
+as a writer waiting for the file lock does: a promotion that expected the old champion becomes a
+:class:`~flight_delay.registry.ConflictError`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from flight_delay.log_database import redact
+from flight_delay.registry import ChampionEvent, RegistryState, fold
+
+_TABLE = """
+CREATE TABLE IF NOT EXISTS champion_events (
+    model_name TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    event JSONB NOT NULL,
+    PRIMARY KEY (model_name, seq)
+)
+"""
+_SCHEMA_LOCK = 7_286_432  # CREATE TABLE IF NOT EXISTS alone races in PostgreSQL's catalog
+
+
+class DatabaseHistory:
+    """The champion events of every model name, in the database at ``url``. One connection,
+    opened again after the server went away, shared by the threads of one process."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._pid = os.getpid()
+        with self._connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            conn.execute(_TABLE)
+
+    def __repr__(self) -> str:
+        return f"DatabaseHistory({redact(self.url)!r})"
+
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child must not talk over its parent's socket
+                self._conn, self._pid = None, os.getpid()
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+            try:
+                yield self._conn
+            except psycopg.OperationalError:
+                self._conn.close()
+                self._conn = None
+                raise
+
+    @staticmethod
+    def _read(conn: Any, name: str) -> tuple[list[ChampionEvent], int]:
+        rows = conn.execute(
+            "SELECT seq, event FROM champion_events WHERE model_name = %s ORDER BY seq", (name,)
+        ).fetchall()
+        events = []
+        for seq, fields in rows:
+            try:
+                events.append(ChampionEvent(**fields))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(
+                    f"champion_events ({name}, {seq}): not a champion event: {fields!r:.200} ({exc})"
+                ) from exc
+        return events, rows[-1][0] if rows else 0
+
+    def events(self, name: str) -> list[ChampionEvent]:
+        """Every decision about ``name``, oldest first."""
+        with self._connection() as conn:
+            return self._read(conn, name)[0]
+
+    def stamp(self, name: str) -> tuple[int, ...]:
+        """The sequence number of the latest event about ``name`` (0 before the first): one index
+        lookup, for watchers that poll."""
+        with self._connection() as conn:
+            (seq,) = conn.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM champion_events WHERE model_name = %s", (name,)
+            ).fetchone()
+        return (int(seq),)
+
+    def record(self, name: str, decide: Callable[[RegistryState], ChampionEvent]) -> ChampionEvent:
+        """Decide on the current state and append the event, as one compare-and-set; when another
+        writer appended first, decide again on the new state."""
+        while True:
+            try:
+                with self._connection() as conn, conn.transaction():
+                    events, last = self._read(conn, name)
+                    event = decide(fold(events))
+                    conn.execute(
+                        "INSERT INTO champion_events (model_name, seq, event) VALUES (%s, %s, %s)",
+                        (name, last + 1, Jsonb(asdict(event))),
+                    )
+                return event
+            except psycopg.errors.UniqueViolation:
+                continue  # another decision took sequence number last + 1 first
