@@ -11,7 +11,7 @@ DAGSTER := $(UV) run --frozen dagster
 
 # Debian packages the tests drive for real: Chromium (the Dagster UI test), Redis (the Redis
 # online store; openssl makes the certificates of its TLS test), Prometheus with promtool and
-# Alertmanager with amtool (the rules, alerts and dashboards' queries).
+# Alertmanager with amtool (the rules, alerts and dashboards' queries). PostgreSQL below.
 SYSTEM_PACKAGES := chromium redis-server openssl prometheus prometheus-alertmanager
 
 .PHONY: help setup system-deps demo evaluate materialize lint test ui serve bench bench-interference drift-scenario replay rollback monitor images deploy-check clean
@@ -57,6 +57,10 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@# PostgreSQL (the shared log and champion history's tests start their own): any build with initdb.
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing postgresql"; if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
 
 lint: setup
 	$(UV) run --frozen ruff check .
