@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import shutil
 import threading
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from flight_delay.registry import Challenger, ConflictError, ModelRegistry, main
+from tests.support.processes import race
 
 
 def _write(text: str, files: int = 1):
@@ -314,19 +314,8 @@ def test_concurrent_promote_and_rollback_in_processes_only_one_wins(registry):
     registry.promote("m", a, "first", expected_champion=None)
     registry.promote("m", b, "second", expected_champion=a)
     c, d = _models(registry, 2)
-    ctx = multiprocessing.get_context("spawn")
-    barrier, results = ctx.Barrier(4), ctx.Queue()
     jobs = [("promote", c), ("promote", d), ("rollback", ""), ("rollback", "")]
-    procs = [
-        ctx.Process(target=_race, args=(str(registry.home), registry.database_url, act, tag, b, barrier, results))
-        for act, tag in jobs
-    ]
-    for p in procs:
-        p.start()
-    outcomes = [results.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    outcomes = race(_race, [(str(registry.home), registry.database_url, act, tag, b) for act, tag in jobs])
     (winner,) = [o for o in outcomes if o != "conflict"]
     assert registry.champion("m") == winner and len(registry.history("m")) == 3
 

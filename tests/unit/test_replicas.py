@@ -16,6 +16,7 @@ from flight_delay import champion_history, registry
 from flight_delay.prediction_log import FeedbackConflict, RecordedFeedback, read_log
 from flight_delay.registry import ConflictError, ModelRegistry
 from serving.log_writer import LogUnavailable, PredictionLogWriter
+from tests.support.processes import race
 
 FEATURES = {"dep_hour": 5.0, "carrier": "UA"}
 REQUESTS = [f"r{i}" for i in range(5)]
@@ -112,18 +113,7 @@ def test_two_processes_promoting_against_the_same_champion_one_wins_and_one_even
     if shared_history:  # replicas on two machines: the same models, each in a store of its own
         shutil.copytree(home, tmp_path / "b" / "bentoml")
         homes[1] = tmp_path / "b" / "bentoml"
-    ctx = multiprocessing.get_context("spawn")
-    barrier, results = ctx.Barrier(2), ctx.Queue()
-    procs = [
-        ctx.Process(target=_promoting_replica, args=(str(h), shared_history, tag, barrier, results))
-        for h, tag in zip(homes, tags)
-    ]
-    for p in procs:
-        p.start()
-    answers = [results.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    answers = race(_promoting_replica, [(str(h), shared_history, tag) for h, tag in zip(homes, tags)])
     kinds = sorted(a[0] for a in answers)
     assert kinds == ["conflict", "promoted"], answers
     (winner,) = [a[1] for a in answers if a[0] == "promoted"]
