@@ -24,9 +24,9 @@ import pandas as pd
 from flight_delay.evaluation import classification_metrics
 from flight_delay.flights import LOCAL_TZ
 from flight_delay.forward import ServingModel
+from flight_delay.log_reading import read_log
 from flight_delay.model import MODEL_NAME
 from flight_delay.paths import DataLayout
-from flight_delay.prediction_log import read_log
 from flight_delay.registry import ModelRegistry
 
 POLICIES = ("static", "monthly", "loop")

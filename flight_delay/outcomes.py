@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from flight_delay import log_database as db
-from flight_delay import prediction_log
+from flight_delay import log_reading
 
 PAIRED_COLUMNS = ("request_id", "prediction_time", "received_at", "late", "champion_p", "challenger_p")
 
@@ -22,7 +22,7 @@ def latest_data_time(path: str | Path) -> datetime | None:
     """The latest data time in the log: the largest prediction time (``predicted_at`` for rows
     logged without one), as a UTC datetime; None for a missing or empty log. ``path`` may be a
     PostgreSQL URL."""
-    with prediction_log.reading(db.location(path)) as conn:
+    with log_reading.reading(db.location(path)) as conn:
         if conn is None:
             return None
         have = db.columns(conn, "predictions")
@@ -35,7 +35,7 @@ def paired_outcomes(path: str | Path, champion: str, challenger: str, since: flo
     """Labelled flights the champion answered and the shadow challenger scored too, in the order
     their feedback arrived: request_id, prediction_time, received_at (UTC timestamps), late (0/1),
     champion_p, challenger_p. ``since`` (unix seconds): feedback received after it only. The log's
-    own reader (:func:`flight_delay.prediction_log.paired_outcomes`), with ``late`` as 0/1."""
-    frame = prediction_log.paired_outcomes(db.location(path), champion, challenger, since=since)
+    own reader (:func:`flight_delay.log_reading.paired_outcomes`), with ``late`` as 0/1."""
+    frame = log_reading.paired_outcomes(db.location(path), champion, challenger, since=since)
     frame["late"] = frame["late"].astype("int64")
     return frame  # already in arrival order (received_at, then the order they were written)

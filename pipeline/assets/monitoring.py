@@ -12,8 +12,8 @@ from pydantic import Field
 from flight_delay.drift import Reference
 from flight_delay.forward import read_reference
 from flight_delay.log_database import redact
+from flight_delay.log_reading import data_days
 from flight_delay.monitoring import drift_rows, quality_rows
-from flight_delay.prediction_log import data_days
 from flight_delay.registry import ModelRegistry
 from pipeline.partitions import daily_asset
 from pipeline.resources import MetricsSource, ModelRegistryResource, PredictionLogResource, TableStore

@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from flight_delay.prediction_log import read_log
+from flight_delay.log_reading import read_log
 
 
 class PredictionLogResource(dg.ConfigurableResource):
@@ -27,7 +27,7 @@ class PredictionLogResource(dg.ConfigurableResource):
 
     def read(self, since: float | None = None, start: float | None = None, end: float | None = None) -> pd.DataFrame:
         """The logged predictions (``since``: made at or after, unix seconds), those of data time
-        in ``[start, end)`` when given (``flight_delay.prediction_log.read_log``)."""
+        in ``[start, end)`` when given (``flight_delay.log_reading.read_log``)."""
         return read_log(self.location, since, start=start, end=end)
 
     def exists(self) -> bool:

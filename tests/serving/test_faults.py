@@ -19,8 +19,8 @@ import httpx
 import pandas as pd
 import pytest
 
+from flight_delay.log_reading import read_log
 from flight_delay.model import MODEL_NAME
-from flight_delay.prediction_log import read_log
 from tests.support.deployments import AS_OF, Deployment, FlightRequest, clone_deployment
 from tests.support.servers import RedisServer, ServiceProcess
 from tests.support.tcp_proxy import StallingProxy

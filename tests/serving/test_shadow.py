@@ -19,8 +19,8 @@ import pytest
 
 from flight_delay import model as model_lib
 from flight_delay.forward import EXPORT_CHECK_FILE, ExportCheck
+from flight_delay.log_reading import paired_outcomes, read_log
 from flight_delay.model import FORWARD_FILE, MODEL_NAME
-from flight_delay.prediction_log import paired_outcomes, read_log
 from tests.support.deployments import Deployment, FlightRequest, clone_deployment
 from tests.support.metrics import metric, quiet_metrics, settled_metrics
 from tests.support.servers import ServiceProcess

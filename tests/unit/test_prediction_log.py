@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from flight_delay.flights import LOCAL_TZ
-from flight_delay.prediction_log import LogRows, open_for_writing, read_log, write_rows, write_transaction
+from flight_delay.log_reading import read_log
+from flight_delay.prediction_log import LogRows, open_for_writing, write_rows, write_transaction
 from pipeline.definitions import build_definitions
 from serving.log_writer import PredictionLogWriter
 from tests.support.postgres import LogDatabase
@@ -202,7 +203,7 @@ def test_a_time_range_reads_the_predictions_of_its_data_time(log_database):
 
 
 def test_a_day_is_read_through_the_index(tmp_path):
-    from flight_delay.prediction_log import read_query
+    from flight_delay.log_reading import read_query
 
     path = tmp_path / "predictions.db"
     PredictionLogWriter(path).close()

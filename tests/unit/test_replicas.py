@@ -13,7 +13,8 @@ import psycopg
 import pytest
 
 from flight_delay import champion_history, registry
-from flight_delay.prediction_log import FeedbackConflict, RecordedFeedback, read_log
+from flight_delay.log_reading import read_log
+from flight_delay.prediction_log import FeedbackConflict, RecordedFeedback
 from flight_delay.registry import ConflictError, ModelRegistry
 from serving.log_writer import LogUnavailable, PredictionLogWriter
 from tests.support.processes import race

@@ -13,15 +13,9 @@ import orjson
 import pandas as pd
 import pytest
 
+from flight_delay.log_reading import PAIRED_COLUMNS, SPLIT_COLUMNS, paired_outcomes, read_log, split_outcomes
 from flight_delay.log_spill import replay_spills, spill_files
-from flight_delay.prediction_log import (
-    PAIRED_COLUMNS,
-    SPLIT_COLUMNS,
-    open_for_writing,
-    paired_outcomes,
-    read_log,
-    split_outcomes,
-)
+from flight_delay.prediction_log import open_for_writing
 from serving.log_writer import PredictionLogWriter
 from tests.support.postgres import LogDatabase
 

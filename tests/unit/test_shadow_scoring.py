@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from flight_delay.drift import Reference
+from flight_delay.log_reading import read_log
 from flight_delay.model import FeatureSpec
-from flight_delay.prediction_log import read_log
 from serving.api_models import Flight
 from serving.log_writer import PredictionLogWriter
 from serving.online import FeatureRows
