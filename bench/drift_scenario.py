@@ -44,7 +44,7 @@ import pandas as pd
 import redis
 
 from bench.flights import request_body
-from bench.harness import HOST, ProcessGroup, ServerProcess, free_port
+from bench.harness import HOST, ServerProcess, start_redis
 from bench.prometheus import RULES_DIR, Prometheus
 from features.feeder import OnlineFeeder
 from features.store import build_store
@@ -246,21 +246,7 @@ def main(argv: list[str] | None = None) -> None:
 
     scratch_root = layout.root / "drift-scenario-run"
     shutil.rmtree(scratch_root, ignore_errors=True)
-    redis_port = free_port()
-    redis_server = ProcessGroup.start(
-        [
-            shutil.which("redis-server") or "redis-server",
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        scratch_root.parent / "drift-scenario-redis.log",
-    )
+    redis_server, redis_port = start_redis(scratch_root.parent / "drift-scenario-redis.log")
     phases = [
         Phase(name, first, last, scratch_root / name, db)
         for db, (name, (first, last)) in enumerate(PERIODS.items(), start=1)

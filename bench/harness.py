@@ -9,6 +9,7 @@ import contextlib
 import http.client
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -155,6 +156,26 @@ class ProcessGroup:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             self.wait_exit(10)
+
+
+def start_redis(log_path: Path, timeout: float = 30.0) -> tuple[ProcessGroup, int]:
+    """A throwaway ``redis-server`` on a free loopback port, without persistence, returned with
+    its port once it answers PING; raises (after stopping it) when it does not within ``timeout``."""
+    import redis
+
+    port = free_port()
+    exe = shutil.which("redis-server") or "redis-server"
+    group = ProcessGroup.start([exe, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"], log_path)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            redis.Redis(host=HOST, port=port).ping()
+            return group, port
+        except redis.ConnectionError:
+            if group.proc.poll() is not None or time.monotonic() > deadline:
+                group.stop()
+                raise RuntimeError(f"redis-server did not answer on {HOST}:{port}; its log: {log_path}") from None
+            time.sleep(0.1)
 
 
 # -- HTTP ---------------------------------------------------------------------------------------

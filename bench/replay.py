@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 
 from bench.flights import request_body
-from bench.harness import HOST, ProcessGroup, ServerProcess, free_port
+from bench.harness import HOST, ProcessGroup, ServerProcess, start_redis
 from bench.replay_report import Timeline, write_report
 from features.feeder import OnlineFeeder
 from features.store import build_store
@@ -236,18 +236,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     flights = replay_flights(args.start, args.end, horizon)
     print(f"replay: {len(flights)} departures from {args.start} to {args.end}; static model {static}", flush=True)
 
-    redis_port = free_port()
-    redis_server = ProcessGroup.start(
-        [shutil.which("redis-server") or "redis-server", "--port", str(redis_port), "--bind", HOST]
-        + ["--save", "", "--appendonly", "no"],
-        scratch / "redis.log",
-    )
+    redis_server, redis_port = start_redis(scratch / "redis.log")
     url = f"redis://{HOST}:{redis_port}/0"
     processes: list[Any] = [redis_server]
     traffic = Traffic()
     timeline = Timeline()
     try:
-        _wait_for_redis(redis_port)
         store = build_store(PROJECT_ROOT, layout.feast_state, url)
         first_feature_day = (pd.Timestamp(args.start) - pd.Timedelta(days=30)).strftime("%Y-%m-%d")
         feeder = OnlineFeeder.from_offline(store, layout.offline, max(first_feature_day, "2013-01-01"), args.end)
@@ -429,20 +423,6 @@ class MonthlyPolicy(threading.Thread):
             (tag,) = set(registry.list(MODEL_NAME)) - before
             self.models[month.strftime("%Y-%m-%d")] = tag
             print(f"  monthly policy: {tag} for {month:%Y-%m} ({result.run_id[:8]})", flush=True)
-
-
-def _wait_for_redis(port: int, timeout: float = 30.0) -> None:
-    import redis
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            redis.Redis(port=port).ping()
-            return
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 def _get(port: int, path: str) -> str:

@@ -18,6 +18,7 @@ from bench.harness import (
     free_port,
     histogram_delta,
     http_get,
+    start_redis,
     still_running,
 )
 from bench.phases import FixedResponseServer, Run, measure
@@ -135,3 +136,16 @@ def test_a_server_that_exits_is_reported_with_its_log(tmp_path):
     server = ServerProcess("no_such_module:Nothing", {"PATH": "/usr/bin:/bin"}, tmp_path / "bad.log")
     with pytest.raises(RuntimeError, match="exited with"):
         server.start().wait_ready(timeout=60)
+
+
+def test_a_throwaway_redis_answers_when_started_and_is_gone_when_stopped(tmp_path):
+    import redis
+
+    server, port = start_redis(tmp_path / "redis.log")
+    try:
+        client = redis.Redis(port=port)
+        assert client.ping() and client.config_get("save") == {"save": ""}
+    finally:
+        server.stop()
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis(port=port, socket_connect_timeout=1).ping()
