@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 import yaml
 
 from features.online_stores import REDIS_TYPE, SQLITE_TYPE
+from flight_delay.paths import redact as redact  # the service redacts its store URL with it
 
 # Every Redis command and connection attempt gives up after this long (seconds) unless the URL
 # says otherwise (?socket_timeout=...&socket_connect_timeout=...): without it redis-py waits for
@@ -52,15 +53,6 @@ def online_store_config(url: str) -> dict[str, Any]:
         raise ValueError(f"online store URL: {', '.join(bad)} may not contain ',' or '=' (Feast's connection string)")
     connection = ",".join([f"{parsed.hostname}:{parsed.port or 6379}", *(f"{k}={v}" for k, v in options.items())])
     return {"type": REDIS_TYPE, "connection_string": connection}
-
-
-def redact(url: str) -> str:
-    """``url`` with its password replaced, for logs and error messages."""
-    parsed = urlparse(url)
-    if not parsed.password:
-        return url
-    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
-    return parsed._replace(netloc=netloc).geturl()
 
 
 def repo_config(repo_path: str | Path, state_dir: str | Path | None = None, online_store_url: str | None = None) -> Any:

@@ -13,7 +13,8 @@ import functools
 import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
-from urllib.parse import urlparse
+
+from flight_delay import paths
 
 URL_SCHEMES = ("postgresql://", "postgres://")
 
@@ -38,12 +39,7 @@ def location(where: str | Path) -> Location:
 
 def redact(where: Location) -> str:
     """``where`` for messages and logs: a URL with its password replaced."""
-    if not is_url(where):
-        return str(where)
-    parsed = urlparse(str(where))
-    if not parsed.password:
-        return str(where)
-    return parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)).geturl()
+    return paths.redact(where) if is_url(where) else str(where)
 
 
 def is_postgres(where: Any) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR_ENV = "FLIGHT_DELAY_DATA_DIR"
@@ -81,3 +82,12 @@ class DataLayout:
     def prediction_log_location(self) -> str | Path:
         """Where the prediction log is read: the database URL, else :attr:`prediction_log`."""
         return self.database_url or self.prediction_log
+
+
+def redact(url: str) -> str:
+    """``url`` (a store's or a database's) with its password replaced, for logs and error messages."""
+    parsed = urlparse(url)
+    if not parsed.password:
+        return url
+    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+    return parsed._replace(netloc=netloc).geturl()

@@ -101,6 +101,11 @@ def _to_json(features: dict[str, Any]) -> str:
     return orjson.dumps(features, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
+def _which(request_id: str | None, flight_key: str | None) -> str:
+    """The prediction a lookup asks for, in messages."""
+    return f"request_id {request_id}" if request_id is not None else f"flight_key {flight_key}"
+
+
 def _describe(exc: BaseException) -> str:
     return f"{db.error_name(exc)}: {exc}"
 
@@ -311,8 +316,8 @@ class PredictionLogWriter:
     def lookup(self, request_id: str | None = None, flight_key: str | None = None) -> dict[str, Any] | None:
         """The logged prediction by request id, or the latest one for a flight key. Raises
         :class:`LogUnavailable` when the log cannot be read."""
-        what = f"request_id {request_id}" if request_id is not None else f"flight_key {flight_key}"
-        with self._requests_lock, self._request_connection(f"cannot look up the prediction of {what}") as conn:
+        doing = f"cannot look up the prediction of {_which(request_id, flight_key)}"
+        with self._requests_lock, self._request_connection(doing) as conn:
             return find_prediction(conn, request_id, flight_key)
 
     @contextmanager
@@ -365,8 +370,7 @@ class PredictionLogWriter:
             time.sleep(max(0.0, min(POLL_SECONDS, deadline - time.monotonic())))
             found = self.lookup(request_id, flight_key)
         if found is None:
-            which = f"request_id {request_id}" if request_id is not None else f"flight_key {flight_key}"
-            raise LookupError(f"no logged prediction for {which}")
+            raise LookupError(f"no logged prediction for {_which(request_id, flight_key)}")
         doing = f"cannot record the outcome of prediction {found['request_id']}"
         with self._requests_lock, self._request_connection(doing) as conn:
             return record_outcome(conn, found["request_id"], float(departure_delay_minutes), bool(late), self.clock())
