@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from flight_delay.log_database import redact
+from flight_delay.log_database import connect_postgres, redact
 from flight_delay.registry import ChampionEvent, RegistryState, fold
 
 _TABLE = """
@@ -58,7 +58,7 @@ class DatabaseHistory:
             if self._pid != os.getpid():  # a forked child must not talk over its parent's socket
                 self._conn, self._pid = None, os.getpid()
             if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+                self._conn = connect_postgres(self.url)
             try:
                 yield self._conn
             except psycopg.OperationalError:
