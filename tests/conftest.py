@@ -10,6 +10,7 @@ import pytest
 
 from flight_delay import data
 from tests.support.postgres import history_database, log_database, postgres_server, postgres_url  # noqa: F401
+from tests.support.s3 import s3_bucket, s3_env, s3_server  # noqa: F401
 from tests.support.source import SLICE_DAYS, slice_days, write_source
 
 
