@@ -85,7 +85,7 @@ class S3Server:
         server._wait_ready(timeout)
         return server
 
-    def client(self):  # noqa: ANN201 - a boto3 client
+    def client(self):
         import boto3
 
         return boto3.client(
@@ -111,7 +111,7 @@ class S3Server:
                 client.put_object(Bucket="ready-check", Key="probe", Body=b"ok")
                 client.delete_object(Bucket="ready-check", Key="probe")
                 return
-            except Exception as exc:  # noqa: BLE001 - any failure means not ready yet
+            except Exception as exc:
                 last = exc
                 time.sleep(0.5)
         tail = (self.folder / "weed.log").read_text(errors="replace")[-3000:]
