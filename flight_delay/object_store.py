@@ -1,6 +1,7 @@
-"""Where the aws profile keeps its files: one S3 prefix, ``FLIGHT_DELAY_S3_URL``
-(``s3://bucket/prefix``), laid out as the local data folder is (``lake/``, ``offline/``,
-``artifacts/``, ``feast/``, ``models/``).
+"""Where the aws profile keeps its files: one bucket, ``FLIGHT_DELAY_S3_BUCKET``, under one key
+prefix, ``FLIGHT_DELAY_S3_PREFIX`` (``flight-delay`` when unset), laid out as the local data folder
+is (``lake/``, ``offline/``, ``artifacts/``, ``feast/``, ``models/``). Two variables rather than one
+URL, so that Dagster resources take each as a ``dg.EnvVar``.
 
 Endpoint and credentials come only from the standard AWS environment, read by every AWS SDK:
 ``AWS_ENDPOINT_URL_S3`` (or ``AWS_ENDPOINT_URL``) for an S3-compatible server such as SeaweedFS or
@@ -16,7 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlparse
 
-S3_URL_ENV: Final = "FLIGHT_DELAY_S3_URL"
+BUCKET_ENV: Final = "FLIGHT_DELAY_S3_BUCKET"
+PREFIX_ENV: Final = "FLIGHT_DELAY_S3_PREFIX"
+DEFAULT_PREFIX: Final = "flight-delay"
 ENDPOINT_ENVS: Final = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
 
@@ -44,12 +47,11 @@ class S3Location:
 
     @classmethod
     def from_env(cls) -> S3Location:
-        url = os.environ.get(S3_URL_ENV)
-        if not url:
-            raise ValueError(
-                f"{S3_URL_ENV} is not set: the aws and k8s profiles keep their files under s3://bucket/prefix"
-            )
-        return cls.parse(url)
+        bucket = os.environ.get(BUCKET_ENV)
+        if not bucket:
+            raise ValueError(f"{BUCKET_ENV} is not set: the aws and k8s profiles keep their files in an S3 bucket")
+        prefix = os.environ.get(PREFIX_ENV)
+        return cls(bucket, (DEFAULT_PREFIX if prefix is None else prefix).strip("/"))
 
     def key(self, *parts: str) -> str:
         """The key of ``parts`` under the prefix."""

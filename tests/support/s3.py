@@ -3,7 +3,8 @@
 bucket per test.
 
 The ``s3_env`` fixture sets the environment a deployment of the aws profile would have: the
-standard AWS variables (keys, region, ``AWS_ENDPOINT_URL_S3``) and ``FLIGHT_DELAY_S3_URL``."""
+standard AWS variables (keys, region, ``AWS_ENDPOINT_URL_S3``), ``FLIGHT_DELAY_S3_BUCKET`` and
+``FLIGHT_DELAY_S3_PREFIX``."""
 
 from __future__ import annotations
 
@@ -155,7 +156,7 @@ def s3_bucket(s3_server: S3Server) -> str:
 
 @pytest.fixture()
 def s3_env(s3_server: S3Server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The aws profile's S3 environment for a fresh bucket; returns ``FLIGHT_DELAY_S3_URL``."""
+    """The aws profile's S3 environment for a fresh bucket; returns its ``s3://bucket/prefix``."""
     url = f"s3://{s3_bucket}/flight-delay"
     for name, value in {
         "AWS_ACCESS_KEY_ID": ACCESS_KEY,
@@ -163,7 +164,8 @@ def s3_env(s3_server: S3Server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch)
         "AWS_DEFAULT_REGION": REGION,
         "AWS_REGION": REGION,
         "AWS_ENDPOINT_URL_S3": s3_server.endpoint,
-        "FLIGHT_DELAY_S3_URL": url,
+        "FLIGHT_DELAY_S3_BUCKET": s3_bucket,
+        "FLIGHT_DELAY_S3_PREFIX": "flight-delay",
     }.items():
         monkeypatch.setenv(name, value)
     return url
