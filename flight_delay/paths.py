@@ -2,6 +2,9 @@
 the service, the benchmark and the command-line tools.
 
 ``FLIGHT_DELAY_DATA_DIR`` chooses the folder; the project's own ``data/`` is the embedded default.
+``FLIGHT_DELAY_PROFILE`` (``local``, the default, ``aws`` or ``k8s``) chooses where the shared
+state lives: ``aws`` and ``k8s`` keep tables, feature files, the Feast registry and model versions
+in S3 (``flight_delay.object_store``), and the data folder holds only local caches.
 ``FLIGHT_DELAY_DATABASE_URL`` (``postgresql://user:password@host:port/database``) moves the state
 that several replicas of the service must share, the prediction log and the champion history, to
 PostgreSQL; unset, they are files in the data folder.
@@ -12,11 +15,25 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final, Literal, get_args
 from urllib.parse import urlparse
+
+from flight_delay.object_store import S3Location
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR_ENV = "FLIGHT_DELAY_DATA_DIR"
 DATABASE_URL_ENV = "FLIGHT_DELAY_DATABASE_URL"
+
+Profile = Literal["local", "aws", "k8s"]
+PROFILE_ENV: Final = "FLIGHT_DELAY_PROFILE"
+
+
+def deployment_profile() -> Profile:
+    """The profile ``FLIGHT_DELAY_PROFILE`` names, ``local`` when unset."""
+    value = os.environ.get(PROFILE_ENV, "") or "local"
+    if value not in get_args(Profile):
+        raise ValueError(f"{PROFILE_ENV}={value!r} is no profile; expected one of {', '.join(get_args(Profile))}")
+    return value  # type: ignore[return-value]
 
 
 def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -43,10 +60,14 @@ class DataLayout:
     # The prediction log and the champion history, shared by replicas; None: files under root.
     # It holds a password: never in a repr.
     database_url: str | None = field(default=None, repr=False)
+    # The aws and k8s profiles: where tables, feature files, the Feast registry and model versions
+    # live (the data folder then holds caches only); None under the local profile.
+    s3: S3Location | None = None
 
     @classmethod
     def resolve(cls, explicit: str | os.PathLike[str] | None = None) -> DataLayout:
-        return cls(data_dir(explicit), database_url())
+        s3 = S3Location.from_env() if deployment_profile() != "local" else None
+        return cls(data_dir(explicit), database_url(), s3)
 
     @property
     def lake(self) -> Path:

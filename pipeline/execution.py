@@ -10,22 +10,16 @@ where steps run: they stay in the run's process. On a cluster (EKS) the Dagster 
 """
 
 import os
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final
 
 import dagster as dg
 
-Profile = Literal["local", "aws", "k8s"]
-PROFILE_ENV: Final = "FLIGHT_DELAY_PROFILE"
+from flight_delay.paths import PROFILE_ENV, Profile, deployment_profile
+
+__all__ = ["PROFILE_ENV", "Profile", "deployment_profile", "executor_for", "k8s_executor_config"]
+
 NAMESPACE_ENV: Final = "FLIGHT_DELAY_K8S_NAMESPACE"
 IMAGE_ENV: Final = "FLIGHT_DELAY_IMAGE"
-
-
-def deployment_profile() -> Profile:
-    """The profile ``FLIGHT_DELAY_PROFILE`` names, ``local`` when unset."""
-    value = os.environ.get(PROFILE_ENV, "") or "local"
-    if value not in get_args(Profile):
-        raise ValueError(f"{PROFILE_ENV}={value!r} is no profile; expected one of {', '.join(get_args(Profile))}")
-    return value  # type: ignore[return-value]
 
 
 def k8s_executor_config() -> dict[str, Any]:

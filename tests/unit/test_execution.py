@@ -39,6 +39,7 @@ def test_the_k8s_profile_runs_steps_as_kubernetes_jobs_configured_from_the_envir
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("FLIGHT_DELAY_PROFILE", "k8s")
+    monkeypatch.setenv("FLIGHT_DELAY_S3_BUCKET", "flight-delay-test")
     monkeypatch.setenv("FLIGHT_DELAY_K8S_NAMESPACE", "flight-delay")
     monkeypatch.setenv("FLIGHT_DELAY_IMAGE", "flight-delay-user-code:dev")
     defs = build_definitions()
@@ -59,6 +60,7 @@ def test_the_k8s_profile_runs_steps_as_kubernetes_jobs_configured_from_the_envir
 def test_the_aws_profile_keeps_steps_in_the_runs_process_even_inside_a_pod(monkeypatch: pytest.MonkeyPatch) -> None:
     """aws is storage; only k8s (the profile the Helm values set) runs steps as Jobs."""
     monkeypatch.setenv("FLIGHT_DELAY_PROFILE", "aws")
+    monkeypatch.setenv("FLIGHT_DELAY_S3_BUCKET", "flight-delay-test")
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
     assert build_definitions().resolve_job_def("retrain_job").executor_def is dg.in_process_executor
 
