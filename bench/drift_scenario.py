@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import shutil
 import threading
 import time
@@ -44,7 +43,7 @@ import pandas as pd
 import redis
 
 from bench.flights import request_body
-from bench.harness import HOST, ServerProcess, start_redis
+from bench.harness import HOST, ServerProcess, service_env, start_redis
 from bench.prometheus import RULES_DIR, Prometheus
 from features.feeder import OnlineFeeder
 from features.store import build_store
@@ -261,18 +260,9 @@ def main(argv: list[str] | None = None) -> None:
             store = build_store(PROJECT_ROOT, layout.feast_state, url)
             first = (pd.Timestamp(p.first_day) - pd.Timedelta(days=30)).strftime("%Y-%m-%d")
             feeders.append(OnlineFeeder.from_offline(store, layout.offline, max(first, "2013-01-01"), p.last_day))
-            env = {
-                **os.environ,
-                "FLIGHT_DELAY_DATA_DIR": str(layout.root),
-                "FLIGHT_DELAY_ONLINE_STORE": url,
-                "FLIGHT_DELAY_WORKERS": "1",
-                "FLIGHT_DELAY_FEATURE_CACHE_SECONDS": "0",
-                # Each service its own BentoML home: its own Prometheus multiprocess folder, so that
-                # its /metrics counts its own workers only.
-                "BENTOML_HOME": str(p.scratch / "bentoml-home"),
-                "TF_CPP_MIN_LOG_LEVEL": "2",
-                "BENTOML_DO_NOT_TRACK": "True",
-            }
+            env = service_env(
+                layout.root, p.scratch / "bentoml-home", online_store=url, workers=1, feature_cache_seconds=0
+            )
             server = ServerProcess(SERVICE, env, p.scratch / "service.log", workers=1).start()
             servers.append(server)
         for p, server in zip(phases, servers):

@@ -231,6 +231,25 @@ def bentoml_command() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "bentoml"]
 
 
+def service_env(
+    data_dir: Path, bentoml_home: Path, inherit_settings: bool = True, **settings: str | int | float
+) -> dict[str, str]:
+    """The environment of a service the harness starts over ``data_dir``: this process's
+    environment, its ``FLIGHT_DELAY_*`` settings included unless ``inherit_settings`` is false,
+    then ``settings`` (``workers=2`` sets ``FLIGHT_DELAY_WORKERS``). Each server gets a BentoML home
+    of its own: ``bentoml serve`` wipes the Prometheus multiprocess folder there when it starts,
+    which would blank the metrics of another server sharing it."""
+    env = {k: v for k, v in os.environ.items() if inherit_settings or not k.startswith("FLIGHT_DELAY_")}
+    env.update(
+        FLIGHT_DELAY_DATA_DIR=str(data_dir),
+        BENTOML_HOME=str(bentoml_home),
+        BENTOML_DO_NOT_TRACK="True",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    env.update({f"FLIGHT_DELAY_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
 class ServerProcess:
     """``bentoml serve <target>`` on a free loopback port, in its own process group, with its own
     environment; ready once ``/readyz`` answers 200."""

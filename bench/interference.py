@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from typing import Any
 
 from bench import loadgen as lg
 from bench.flights import predict_requests, sample_flights, store_instant
-from bench.harness import HOST, ServerProcess
+from bench.harness import HOST, ServerProcess, service_env
 from bench.phases import Phase, Run, measure
 from bench.report import HEADER, finite, print_row
 from flight_delay.paths import DataLayout
@@ -43,14 +42,7 @@ def scenario(
     layout: DataLayout, scratch: Path, workers: int, rate: float, feedback_rate: float, seconds: float, run: Run
 ) -> dict[str, Any]:
     flights = sample_flights(store_instant(layout))
-    env = {
-        **os.environ,
-        "FLIGHT_DELAY_DATA_DIR": str(scratch),
-        "FLIGHT_DELAY_WORKERS": str(workers),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "BENTOML_HOME": str(scratch / f"home-{workers}"),
-        "BENTOML_DO_NOT_TRACK": "True",
-    }
+    env = service_env(scratch, scratch / f"home-{workers}", workers=workers)
     with ServerProcess(SERVICE, env, scratch / f"service-{workers}.log", workers=workers) as server:
         single = predict_requests(server.port, flights)
         feedback = feedback_requests(server.port)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from bench.flights import sample_flights, store_instant
-from bench.harness import HOST, ServerProcess
+from bench.harness import HOST, ServerProcess, service_env
 from bench.prometheus import Prometheus, project_rules
 from deploy.grafana import render
 from flight_delay import data
@@ -79,14 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="flight-delay-monitoring-"))
     for name in ("bentoml", "feast"):
         (scratch / name).symlink_to(layout.root / name, target_is_directory=True)
-    env = {
-        **os.environ,
-        "FLIGHT_DELAY_DATA_DIR": str(scratch),
-        "FLIGHT_DELAY_WORKERS": str(args.workers),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "BENTOML_HOME": str(scratch / "bentoml-home"),
-        "BENTOML_DO_NOT_TRACK": "True",
-    }
+    env = service_env(scratch, scratch / "bentoml-home", workers=args.workers)
     server = ServerProcess(SERVICE, env, scratch / "service.log", name="service", workers=args.workers)
     server.start().wait_ready()
     prometheus = Prometheus(scratch, [f"{HOST}:{server.port}"], project_rules(), interval="2s").start()

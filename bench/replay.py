@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 
 from bench.flights import request_body
-from bench.harness import HOST, ProcessGroup, ServerProcess, start_redis
+from bench.harness import HOST, ProcessGroup, ServerProcess, service_env, start_redis
 from bench.replay_report import Timeline, write_report
 from features.feeder import OnlineFeeder
 from features.store import build_store
@@ -245,17 +245,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         store = build_store(PROJECT_ROOT, layout.feast_state, url)
         first_feature_day = (pd.Timestamp(args.start) - pd.Timedelta(days=30)).strftime("%Y-%m-%d")
         feeder = OnlineFeeder.from_offline(store, layout.offline, max(first_feature_day, "2013-01-01"), args.end)
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("FLIGHT_DELAY_")},
-            "FLIGHT_DELAY_DATA_DIR": str(layout.root),
-            "FLIGHT_DELAY_ONLINE_STORE": url,
-            "FLIGHT_DELAY_FEATURE_CACHE_SECONDS": "0",  # the clock moves faster than any staleness
-            "FLIGHT_DELAY_MAX_BATCH": str(MAX_BATCH),
-            "FLIGHT_DELAY_WORKERS": str(args.workers),
-            "BENTOML_HOME": str(scratch / "bentoml-home"),
-            "BENTOML_DO_NOT_TRACK": "True",
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-        }
+        env = service_env(
+            layout.root,
+            scratch / "bentoml-home",
+            inherit_settings=False,
+            online_store=url,
+            feature_cache_seconds=0,  # the clock moves faster than any staleness
+            max_batch=MAX_BATCH,
+            workers=args.workers,
+        )
         server = ServerProcess(SERVICE, env, scratch / "service.log", workers=args.workers).start()
         processes.append(server)
         server.wait_ready()

@@ -62,7 +62,7 @@ from typing import Any
 
 from bench import loadgen as lg
 from bench.flights import batch_requests, predict_requests, sample_flights, store_instant
-from bench.harness import HOST, ServerProcess, histogram_delta, other_load
+from bench.harness import HOST, ServerProcess, histogram_delta, other_load, service_env
 from bench.phases import SLO_P99_MS, Phase, Run, find_max_rate, generator_floor, measure, warm_up
 from bench.report import (
     HEADER,
@@ -166,13 +166,7 @@ class Bench:
             (self.scratch / name).symlink_to(layout.root / name, target_is_directory=True)
 
     def server(self, target: str, name: str) -> ServerProcess:
-        env = {
-            **os.environ,
-            "FLIGHT_DELAY_DATA_DIR": str(self.scratch),
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-            "BENTOML_HOME": str(self.scratch / f"bentoml-home-{name}"),
-            "BENTOML_DO_NOT_TRACK": "True",
-        }
+        env = service_env(self.scratch, self.scratch / f"bentoml-home-{name}")
         server = ServerProcess(target, env, self.scratch / f"{name}.log", name=name, workers=self.workers)
         self.servers.append(server)
         return server

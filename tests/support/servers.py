@@ -3,7 +3,6 @@ Redis, both on :mod:`bench.harness` (the benchmark's own harness)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.harness import ProcessGroup, ServerProcess, free_port
+from bench.harness import ProcessGroup, ServerProcess, free_port, service_env
 from tests.support.deployments import Deployment
 
 MAX_BATCH = 50  # FLIGHT_DELAY_MAX_BATCH of the servers under test
@@ -26,17 +25,15 @@ class ServiceProcess(ServerProcess):
     other server sharing it) and the given ``FLIGHT_DELAY_*`` settings."""
 
     def __init__(self, name: str, deployment: Deployment, workdir: Path, **settings: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FLIGHT_DELAY_")}
-        env.update(
-            BENTOML_HOME=str(workdir / f"{name}-bentoml-home"),
-            BENTOML_DO_NOT_TRACK="True",
-            TF_CPP_MIN_LOG_LEVEL="2",
-            FLIGHT_DELAY_DATA_DIR=str(deployment.data_dir),
-            FLIGHT_DELAY_MAX_BATCH=str(MAX_BATCH),
+        store = {"online_store": deployment.online_store} if deployment.online_store else {}
+        env = service_env(
+            deployment.data_dir,
+            workdir / f"{name}-bentoml-home",
+            inherit_settings=False,
+            max_batch=MAX_BATCH,
+            **store,
+            **settings,
         )
-        if deployment.online_store:
-            env["FLIGHT_DELAY_ONLINE_STORE"] = deployment.online_store
-        env.update({f"FLIGHT_DELAY_{k.upper()}": v for k, v in settings.items()})
         super().__init__(
             SERVICE, env, workdir / f"{name}.log", name=name, workers=int(env.get("FLIGHT_DELAY_WORKERS", 1))
         )
