@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
@@ -110,3 +110,49 @@ class DatabaseHistory:
                 return event
             except psycopg.errors.UniqueViolation:
                 continue  # another decision took sequence number last + 1 first
+
+    def import_events(self, histories: Mapping[str, Sequence[ChampionEvent]]) -> dict[str, int]:
+        """Write the whole history of each model of ``histories`` (events oldest first, as another
+        store holds them) in one transaction: per model, the number of events written, 0 when the
+        database holds the same history already. Raises :class:`HistoryConflict`, having written
+        nothing, when it holds a different one for any of them."""
+        with self._connection() as conn, conn.transaction():
+            held = {name: self._read(conn, name)[0] for name in histories}
+            conflicts = [conflict(name, held[name], list(events)) for name, events in histories.items()]
+            if any(conflicts):
+                raise HistoryConflict("; ".join(c for c in conflicts if c))
+            written = {}
+            for name, events in histories.items():
+                if held[name]:
+                    written[name] = 0
+                    continue
+                with conn.cursor() as cursor:
+                    cursor.executemany(
+                        "INSERT INTO champion_events (model_name, seq, event) VALUES (%s, %s, %s)",
+                        [(name, seq, Jsonb(asdict(event))) for seq, event in enumerate(events, start=1)],
+                    )
+                written[name] = len(events)
+        return written
+
+
+class HistoryConflict(ValueError):
+    """The database holds a champion history that differs from the one to import."""
+
+
+def conflict(name: str, held: Sequence[ChampionEvent], incoming: Sequence[ChampionEvent]) -> str | None:
+    """Why ``incoming`` cannot be imported over ``held`` (the database's history of ``name``),
+    None when it can: the database holds none, or the same events in the same order."""
+    if not held or list(held) == list(incoming):
+        return None
+    at = next(
+        (i for i, (a, b) in enumerate(zip(held, incoming, strict=False)) if a != b), min(len(held), len(incoming))
+    )
+    first = f"event {at + 1} is {_brief(held, at)} in the database, {_brief(incoming, at)} in the file"
+    return (
+        f"model {name}: the database holds a different champion history ({len(held)} events against "
+        f"{len(incoming)} to import; {first})"
+    )
+
+
+def _brief(events: Sequence[ChampionEvent], i: int) -> str:
+    return f"{events[i].action} {events[i].tag} at {events[i].at}" if i < len(events) else "missing"

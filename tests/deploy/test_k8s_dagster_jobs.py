@@ -12,7 +12,7 @@ import yaml
 from deploy.k8s import dagster_jobs
 from pipeline.definitions import build_definitions
 from pipeline.step_resources import SIZE_BY_GROUP
-from tests.support.kubernetes import cpu, hardening_problems, memory, validate
+from tests.support.kubernetes import container_env, cpu, hardening_problems, memory, profile_env_problems, validate
 
 VALUES = ("values-dev.yaml", "values-aws.yaml")
 JOBS = ("decision_job", "feature_refresh_job", "monitoring_job", "retrain_job")
@@ -78,6 +78,24 @@ def test_pods_run_the_user_code_image_with_the_chart_environment(rendered, reque
         assert container["args"][:3] == ["dagster", "api", "execute_run" if "run-worker" in name else "execute_step"]
 
 
+def test_every_run_and_step_pod_has_what_the_k8s_profile_requires(rendered, request: pytest.FixtureRequest) -> None:
+    # The bucket and its endpoint and keys (dev: SeaweedFS; aws: IRSA, no keys), the online store,
+    # the database URL from a Secret: dropping any from the values fails here.
+    _, jobs = rendered
+    dev = request.node.callspec.params["rendered"] == "values-dev.yaml"
+    problems = [
+        p
+        for name, job in jobs.items()
+        for p in profile_env_problems(name, container_env(_container(job)), {"k8s"}, s3_compatible=dev)
+    ]
+    assert not problems, "\n".join(problems)
+    accounts = {job["spec"]["template"]["spec"]["serviceAccountName"] for job in jobs.values()}
+    assert accounts == {f"{dagster_jobs.USER_FULLNAME}-user-deployments"}, "the account the IRSA annotation is on"
+    for name, job in jobs.items():
+        volumes = job["spec"]["template"]["spec"].get("volumes", [])
+        assert not [v for v in volumes if "persistentVolumeClaim" in v], f"{name}: state is in S3, not on a volume"
+
+
 def test_the_chart_launcher_config_is_refused_when_dagster_k8s_would_refuse_it() -> None:
     values = yaml.safe_load((dagster_jobs.DAGSTER_VALUES / "values-dev.yaml").read_text())
     values["runLauncher"]["config"]["k8sRunLauncher"]["imagePullPolicy"] = ["Always"]
@@ -124,5 +142,10 @@ def test_the_chart_values_launch_runs_on_kubernetes_from_the_code_location_with_
         assert values["postgresql"]["postgresqlHost"].endswith(".rds.amazonaws.com")
         for secret_env in ("FLIGHT_DELAY_ONLINE_STORE", "FLIGHT_DELAY_DATABASE_URL"):
             assert env[secret_env]["valueFrom"]["secretKeyRef"]["name"] == "flight-delay-aws"
+        # IRSA on the account of the code server and of the runs and steps it launches.
+        account = values["dagster-user-deployments"]["serviceAccount"]
+        assert account["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
     else:
         assert values["postgresql"]["enabled"] is True
+        for secret_env in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "FLIGHT_DELAY_DATABASE_URL"):
+            assert env[secret_env]["valueFrom"]["secretKeyRef"]["name"] == "flight-delay-dev"

@@ -11,7 +11,17 @@ import yaml
 
 from deploy.prometheus.rules import SERVICE_JOB
 from flight_delay.paths import PROJECT_ROOT
-from tests.support.kubernetes import K8S_DIR, documents, hardening_problems, one, pod_specs, render_overlay, validate
+from tests.support.kubernetes import (
+    K8S_DIR,
+    container_env,
+    documents,
+    hardening_problems,
+    one,
+    pod_specs,
+    profile_env_problems,
+    render_overlay,
+    validate,
+)
 
 OVERLAYS = ("dev", "aws")
 DASHBOARDS = PROJECT_ROOT / "deploy" / "grafana" / "dashboards"
@@ -147,7 +157,9 @@ def test_each_overlay_runs_its_own_images_and_state(overlay, docs) -> None:
         assert container["image"] == "flight-delay-service:dev"
         assert one(docs, "Service", "redis")
         assert env["FLIGHT_DELAY_ONLINE_STORE"]["value"] == "redis://redis:6379/0"
-        assert env["FLIGHT_DELAY_PROFILE"]["value"] == "k8s"
+        assert env["AWS_ENDPOINT_URL_S3"]["value"] == "http://seaweedfs:8333"
+        assert one(docs, "Service", "seaweedfs")["spec"]["ports"][0]["port"] == 8333
+        assert "Deployment/seaweedfs" in dict(pod_specs(docs))
     else:
         assert container["image"].split("/")[0].endswith(".amazonaws.com")
         assert "Deployment/redis" not in dict(pod_specs(docs)), "aws uses ElastiCache"
@@ -165,3 +177,51 @@ def test_every_object_lands_in_the_flight_delay_namespace(docs) -> None:
         if d["kind"] != "Namespace" and d["metadata"].get("namespace") != "flight-delay"
     ]
     assert not outside, f"no namespace set (an overlay without `namespace:`): {outside}"
+
+
+def test_the_service_has_every_variable_its_profile_requires(overlay, docs) -> None:
+    # The service runs the aws profile in both (S3 and PostgreSQL, no steps to launch): bucket,
+    # online store and database URL present, S3 keys by Secret in dev, none on EKS (IRSA).
+    name = overlay[0]
+    (container,) = one(docs, "Deployment", SERVICE)["spec"]["template"]["spec"]["containers"]
+    env = container_env(container, docs)
+    assert not profile_env_problems(SERVICE, env, {"aws"}, s3_compatible=name == "dev")
+    assert env["FLIGHT_DELAY_PROFILE"]["value"] == "aws"
+    if name == "aws":
+        assert one(docs, "ServiceAccount", SERVICE)["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+
+
+@pytest.mark.parametrize("dropped", ["FLIGHT_DELAY_DATABASE_URL", "FLIGHT_DELAY_S3_BUCKET", "AWS_SECRET_ACCESS_KEY"])
+def test_a_deployment_missing_a_required_variable_is_caught(dropped: str) -> None:
+    env = {
+        "FLIGHT_DELAY_PROFILE": {"value": "aws"},
+        "FLIGHT_DELAY_S3_BUCKET": {"value": "b"},
+        "FLIGHT_DELAY_ONLINE_STORE": {"value": "redis://redis:6379/0"},
+        "FLIGHT_DELAY_DATABASE_URL": {"valueFrom": {"secretKeyRef": {"name": "s", "key": "database-url"}}},
+        "AWS_ENDPOINT_URL_S3": {"value": "http://seaweedfs:8333"},
+        "AWS_ACCESS_KEY_ID": {"valueFrom": {"secretKeyRef": {"name": "s", "key": "id"}}},
+        "AWS_SECRET_ACCESS_KEY": {"valueFrom": {"secretKeyRef": {"name": "s", "key": "secret"}}},
+    }
+    assert not profile_env_problems("pod", env, {"aws"}, s3_compatible=True)
+    del env[dropped]
+    assert profile_env_problems("pod", env, {"aws"}, s3_compatible=True)
+
+
+def test_seaweedfs_is_reached_only_by_the_service_and_dagster_on_its_s3_port(overlay, docs) -> None:
+    if overlay[0] != "dev":
+        pytest.skip("SeaweedFS runs in the dev overlay only")
+    policies = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
+    (rule,) = policies["seaweedfs"]["ingress"]
+    sources = [peer["podSelector"]["matchLabels"] for peer in rule["from"]]
+    assert sources == [{"app.kubernetes.io/name": SERVICE}, {"app.kubernetes.io/instance": "dagster"}]
+    assert [p["port"] for p in rule["ports"]] == [8333]
+    assert "egress" not in policies["seaweedfs"] and "Egress" in policies["seaweedfs"]["policyTypes"]
+    for client, selector in (
+        ("service", {"app.kubernetes.io/name": SERVICE}),
+        ("dagster", {"app.kubernetes.io/instance": "dagster"}),
+    ):
+        policy = policies[f"seaweedfs-from-{client}"]
+        assert policy["podSelector"]["matchLabels"] == selector
+        (egress,) = policy["egress"]
+        assert egress["to"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "seaweedfs"}}}]
+        assert [p["port"] for p in egress["ports"]] == [8333]

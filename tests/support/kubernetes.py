@@ -90,3 +90,55 @@ def cpu(quantity: str) -> float:
 def memory(quantity: str) -> int:
     units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
     return int(quantity[:-2]) * units[quantity[-2:]] if quantity[-2:] in units else int(quantity)
+
+
+# What a pod of the aws or k8s profile must have in its environment (flight_delay/paths.py,
+# flight_delay/object_store.py): the profile, the bucket, the online store, and the database of
+# the prediction log and champion history, whose URL holds a password and so comes from a Secret.
+PROFILE_ENV = (
+    "FLIGHT_DELAY_PROFILE",
+    "FLIGHT_DELAY_S3_BUCKET",
+    "FLIGHT_DELAY_ONLINE_STORE",
+    "FLIGHT_DELAY_DATABASE_URL",
+)
+AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def container_env(container: dict[str, Any], docs: list[dict[str, Any]] = ()) -> dict[str, dict[str, Any]]:
+    """Name to env entry of ``container``, with the literals of the ConfigMaps it loads by ``envFrom``
+    that are in ``docs`` as ``{"value": ...}`` (others, such as the Dagster chart's, are not read);
+    an explicit ``env`` entry wins, as in Kubernetes."""
+    env: dict[str, dict[str, Any]] = {}
+    for source in container.get("envFrom", []):
+        name = source.get("configMapRef", {}).get("name")
+        for configmap in [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == name]:
+            env |= {key: {"name": key, "value": value} for key, value in configmap["data"].items()}
+    return env | {e["name"]: e for e in container.get("env", [])}
+
+
+def profile_env_problems(
+    where: str, env: dict[str, dict[str, Any]], profiles: set[str], s3_compatible: bool
+) -> list[str]:
+    """What keeps ``env`` from running a profile of ``profiles`` against S3 (an S3-compatible
+    server in the cluster with keys from a Secret, or AWS through the pod's IAM role, no keys)."""
+    problems = [f"{where}: no {name}" for name in PROFILE_ENV if name not in env]
+    if problems:
+        return problems
+    if env["FLIGHT_DELAY_PROFILE"].get("value") not in profiles:
+        problems.append(f"{where}: FLIGHT_DELAY_PROFILE is {env['FLIGHT_DELAY_PROFILE']} , not one of {profiles}")
+    if not env["FLIGHT_DELAY_S3_BUCKET"].get("value"):
+        problems.append(f"{where}: FLIGHT_DELAY_S3_BUCKET is empty")
+    if "secretKeyRef" not in env["FLIGHT_DELAY_DATABASE_URL"].get("valueFrom", {}):
+        problems.append(f"{where}: FLIGHT_DELAY_DATABASE_URL is not read from a Secret")
+    if s3_compatible:
+        if not env.get("AWS_ENDPOINT_URL_S3", {}).get("value", "").startswith("http"):
+            problems.append(f"{where}: no AWS_ENDPOINT_URL_S3 for the S3-compatible server")
+        problems += [
+            f"{where}: {key} is not read from a Secret"
+            for key in AWS_KEYS
+            if "secretKeyRef" not in env.get(key, {}).get("valueFrom", {})
+        ]
+    else:
+        present = [key for key in (*AWS_KEYS, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL") if key in env]
+        problems += [f"{where}: {key} set on AWS, where the pod's IAM role (IRSA) signs" for key in present]
+    return problems
