@@ -41,27 +41,30 @@ MAX_CACHED = 20_000
 class FeatureRows:
     """What the online store knows of a batch of flights: each feature's value per flight (None
     when missing, expired, or stamped after the flight's prediction time), the prediction time per
-    flight (unix), feature ages by view and the unknown entities per flight, how many rows came
-    from the store and the cache, and how many values were stamped after their prediction time."""
+    flight (unix), each view's row age per flight (seconds, None when the view had no row) and the
+    unknown entities per flight, how many rows came from the store and the cache, and how many
+    values were stamped after their prediction time."""
 
     values: dict[str, list[Any]]
     times: list[float]
-    ages: list[dict[str, float | None]]
+    ages: dict[str, list[float | None]]  # view -> the age of its row, one per flight
     unknown: list[list[str]]
     reads: Counter[tuple[str, str]]  # (view, "store" | "cache") -> rows
     future: Counter[str] = field(default_factory=Counter)  # view -> values served as missing
-    ages_by_view: dict[str, list[float | None]] = field(default_factory=dict)  # the ages, a column per view
+
+    def ages_of(self, i: int) -> dict[str, float | None]:
+        """The age of each view's row for the flight at position ``i`` (a response's feature ages)."""
+        return {view: column[i] for view, column in self.ages.items()}
 
     def subset(self, members: list[int]) -> FeatureRows:
         """The rows of the flights at positions ``members``, in that order (counts are the call's)."""
         return FeatureRows(
             {c: [col[i] for i in members] for c, col in self.values.items()},
             [self.times[i] for i in members],
-            [self.ages[i] for i in members],
+            {v: [col[i] for i in members] for v, col in self.ages.items()},
             [self.unknown[i] for i in members],
             self.reads,
             self.future,
-            {v: [col[i] for i in members] for v, col in self.ages_by_view.items()},
         )
 
 
@@ -268,8 +271,6 @@ class Lookup:
                 blank = (None,) * len(view.features)
                 served = [blank if r is None else r for r in served]
             found.update(zip(view.features, map(list, zip(*served))))
-        names = [v.name for v in views]
-        ages = [dict(zip(names, row)) for row in zip(*age_columns)]
         unknown: list[list[str]] = [[] for _ in range(n)]
         for entity, entity_views in self.online.entity_views.items():  # in sorted order
             flags = [True] * n
@@ -277,7 +278,7 @@ class Lookup:
                 flags = [a and b for a, b in zip(flags, missing[name])]
             for i in compress(range(n), flags):
                 unknown[i].append(entity)
-        return FeatureRows(found, times, ages, unknown, reads, future, dict(zip(names, age_columns)))
+        return FeatureRows(found, times, dict(zip((v.name for v in views), age_columns)), unknown, reads, future)
 
 
 def _service_views(store: Any, service_name: str) -> list[_View]:

@@ -196,7 +196,7 @@ class Scorer:
                 variant.tag, variant.name, scores, inputs, variant.model.reference, unknown, counts
             )
         self.telemetry.online_reads(rows.reads, rows.future, counts)
-        self.telemetry.ages(rows.ages_by_view)
+        self.telemetry.ages(rows.ages)
         self.telemetry.tally.add(counts)
         shadow_tag = shadow.tag if shadow is not None else None
         ids = [f"{self._id_prefix}{next(self._ids):016x}" for _ in flights]
@@ -230,7 +230,7 @@ class Scorer:
                 threshold=threshold,
                 model_version=assigned[i].tag,
                 variant=assigned[i].name,
-                feature_age_seconds=rows.ages[i],
+                feature_age_seconds=rows.ages_of(i),
                 unknown=rows.unknown[i],
             )
             for i in range(len(flights))

@@ -105,7 +105,7 @@ def test_reader_returns_what_feast_returns(deployment: Deployment, real_requests
     first = flights[0]
     for view, projection in ((p.name, p) for p in service.feature_view_projections):
         stamp = want[f"{projection.features[0].name}__ts"][0]
-        assert got.ages[0][view] == pytest.approx(first.prediction_time.timestamp() - float(stamp), abs=1e-3)
+        assert got.ages_of(0)[view] == pytest.approx(first.prediction_time.timestamp() - float(stamp), abs=1e-3)
     assert got.unknown[-2] == ["tailnum"]
     assert got.unknown[-1] == ["carrier", "tailnum"]
     # The airports, carriers and routes of real flights are known; an aircraft is not when it has no
@@ -143,7 +143,7 @@ def test_values_past_a_views_ttl_are_served_as_missing(deployment: Deployment, r
         "route_28d_late_rate",
     ):
         assert math.isnan(inputs[column][0]), column
-    assert got.ages[0]["origin_hourly_weather"] > 3 * 3600  # reported however old
+    assert got.ages_of(0)["origin_hourly_weather"] > 3 * 3600  # reported however old
     assert not math.isnan(inputs["plane_year"][0]), "aircraft_profile has no TTL"
     assert got.unknown[0] == ["carrier", "origin", "route"]
 
@@ -187,7 +187,7 @@ def test_cached_rows_are_served_no_longer_than_max_staleness(
     assert {source for (_, source) in again.reads} == {"cache"}
     read, read_inputs = lookup(fresh, [flight], now)
     assert read_inputs["temp"] == [123.0]
-    assert read.ages[0]["origin_hourly_weather"] == pytest.approx(0.0)
+    assert read.ages_of(0)["origin_hourly_weather"] == pytest.approx(0.0)
 
     cached.max_staleness = 0.05  # once the row is older than the bound, it is read again
     time.sleep(0.1)

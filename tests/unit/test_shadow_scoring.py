@@ -81,7 +81,7 @@ def _rows(n: int) -> FeatureRows:
     return FeatureRows(
         values={"temp": [30.0 + i for i in range(n)], "wind_speed": [5.0] * n},
         times=[DEPARTURE.timestamp() - 7 * 3600] * n,
-        ages=[{} for _ in range(n)],
+        ages={},
         unknown=[[] for _ in range(n)],
         reads=Counter(),
     )
