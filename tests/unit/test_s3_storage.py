@@ -171,3 +171,23 @@ def test_a_glob_with_no_objects_is_an_error(s3_env: str):
 
     with pytest.raises(FileNotFoundError, match="no files match"):
         read_s3_parquet(S3Location.parse(s3_env).url("offline", "nothing", "*.parquet"))
+
+
+def test_repo_config_under_s3_puts_the_registry_in_the_bucket_and_reads_sources_there(tmp_path: Path):
+    from features.store import repo_config
+
+    location = S3Location("a-bucket", "some/prefix")
+    config = repo_config(PROJECT_ROOT, tmp_path, "redis://127.0.0.1:6379/0", location)
+    assert config.registry.path == "s3://a-bucket/some/prefix/feast/registry.pb"
+    assert config.offline_store.type == "features.offline_stores.S3DuckDBOfflineStore"
+    assert config.online_store.type == "features.online_stores.MonotoneRedisOnlineStore"
+    local = repo_config(PROJECT_ROOT, tmp_path)
+    assert local.registry.path == str(tmp_path.resolve() / "registry.db")
+    assert local.offline_store.type == "duckdb"
+
+
+def test_the_service_builds_its_store_with_the_s3_location():
+    """serving/service.py passes the layout's S3 location (None under the local profile); the
+    integration test of the aws profile reads features through a store built with these arguments."""
+    source = (PROJECT_ROOT / "serving" / "service.py").read_text()
+    assert "build_store(s.repo_path, s.layout.feast_state, s.online_store_url, s.layout.s3)" in source
