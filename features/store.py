@@ -1,6 +1,8 @@
 """Building a Feast ``FeatureStore`` for one deployment: the repo's ``feature_store.yaml`` with
-the deployment's state folder and, optionally, another online store. Shared by the pipeline's
-resource and the service, so both read and write the same stores."""
+the deployment's state folder and, optionally, another online store and an S3 location (the aws
+and k8s profiles: the registry at ``s3://bucket/prefix/feast/registry.pb``, the offline store
+reading ``s3://`` sources, ``features.offline_stores``). Shared by the pipeline's resource and the
+service, so both read and write the same stores."""
 
 from __future__ import annotations
 
@@ -11,7 +13,12 @@ from urllib.parse import parse_qs, unquote, urlparse
 import yaml
 
 from features.online_stores import REDIS_TYPE, SQLITE_TYPE
+from flight_delay.object_store import S3Location
 from flight_delay.paths import redact as redact  # the service redacts its store URL with it
+
+# The offline store of the aws and k8s profiles (features.offline_stores.S3_DUCKDB_TYPE, named
+# here so that building a config does not import the module before Feast needs it).
+S3_OFFLINE_STORE_TYPE = "features.offline_stores.S3DuckDBOfflineStore"
 
 # Every Redis command and connection attempt gives up after this long (seconds) unless the URL
 # says otherwise (?socket_timeout=...&socket_connect_timeout=...): without it redis-py waits for
@@ -55,10 +62,21 @@ def online_store_config(url: str) -> dict[str, Any]:
     return {"type": REDIS_TYPE, "connection_string": connection}
 
 
-def repo_config(repo_path: str | Path, state_dir: str | Path | None = None, online_store_url: str | None = None) -> Any:
+def registry_url(s3: S3Location) -> str:
+    """Where the aws and k8s profiles keep the Feast registry."""
+    return s3.url("feast", "registry.pb")
+
+
+def repo_config(
+    repo_path: str | Path,
+    state_dir: str | Path | None = None,
+    online_store_url: str | None = None,
+    s3: S3Location | None = None,
+) -> Any:
     """``feature_store.yaml`` of ``repo_path``; ``state_dir`` moves the file registry and a
     SQLite online store there; ``online_store_url`` (``redis://...``, ``rediss://...``) replaces the
-    online store."""
+    online store; ``s3`` (the aws and k8s profiles) puts the registry in the bucket and reads the
+    offline sources there (boto3 and pyarrow find endpoint and credentials in the environment)."""
     from feast.repo_config import RepoConfig
 
     repo = Path(repo_path).resolve()
@@ -78,10 +96,20 @@ def repo_config(repo_path: str | Path, state_dir: str | Path | None = None, onli
         raw["online_store"] = online
     if online_store_url:
         raw["online_store"] = online_store_config(online_store_url)
+    if s3 is not None:
+        registry = raw.get("registry")
+        # Feast's S3 registry store: boto3, endpoint from AWS_ENDPOINT_URL_S3 (or FEAST_S3_ENDPOINT_URL).
+        raw["registry"] = {**registry, "path": registry_url(s3)} if isinstance(registry, dict) else registry_url(s3)
+        raw["offline_store"] = {**(raw.get("offline_store") or {}), "type": S3_OFFLINE_STORE_TYPE}
     return RepoConfig(repo_path=repo, **raw)
 
 
-def build_store(repo_path: str | Path, state_dir: str | Path | None = None, online_store_url: str | None = None) -> Any:
+def build_store(
+    repo_path: str | Path,
+    state_dir: str | Path | None = None,
+    online_store_url: str | None = None,
+    s3: S3Location | None = None,
+) -> Any:
     from feast import FeatureStore
 
-    return FeatureStore(config=repo_config(repo_path, state_dir, online_store_url))
+    return FeatureStore(config=repo_config(repo_path, state_dir, online_store_url, s3))

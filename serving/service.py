@@ -86,7 +86,7 @@ class FlightDelayService:
         threadpool_limits(1)
         s = self.settings = ServingSettings.from_env()
         self.registry = ModelRegistry(s.layout.bentoml_home, s.layout.database_url)
-        store = build_store(s.repo_path, s.layout.feast_state, s.online_store_url)
+        store = build_store(s.repo_path, s.layout.feast_state, s.online_store_url, s.layout.s3)
         self.online = OnlineFeatures(store, FLIGHT_DELAY_SERVICE, s.feature_cache_seconds, s.feature_cache_entries)
         # A model whose inputs the online features cannot build is refused when it is loaded.
         self.router = ModelRouter(self.registry, s.model_name, s.refresh_seconds, can_serve=self.online.can_serve)

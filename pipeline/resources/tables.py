@@ -1,12 +1,15 @@
 """Table storage: one Parquet file per table, or per table and day for daily partitioned ones."""
 
+import io
 import os
 import tempfile
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from flight_delay.data import local_day
@@ -92,6 +95,62 @@ class LocalTableStore(TableStore):
                 f"(first: {missing[0]}); materialize those partitions first"
             )
         frames = [pd.read_parquet(self._path(table, d)) for d in days]
+        frames = [f for f in frames if not f.empty] or frames[:1]
+        return pd.concat(frames, ignore_index=True)
+
+
+class S3TableStore(TableStore):
+    """Parquet objects in an S3 bucket, laid out as :class:`LocalTableStore` lays out files:
+    ``<prefix>/<table>/<day>.parquet`` per day, ``<prefix>/<table>/<table>.parquet`` for a whole
+    table. Endpoint and credentials are the ``S3Resource``'s (the standard AWS environment)."""
+
+    s3: dg.ResourceDependency[S3Resource]
+    bucket: str = Field(description="Bucket holding the tables.")
+    prefix: str = Field(default="", description="Key prefix of the tables (no leading or trailing slash).")
+
+    def _key(self, table: str, day: str | None) -> str:
+        return "/".join(p for p in (self.prefix.strip("/"), table, f"{day or table}.parquet") if p)
+
+    def _url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def write(self, table: str, frame: pd.DataFrame, day: str | None = None) -> str:
+        """One PUT of the whole file: S3 replaces an object atomically, so readers (Feast's
+        ``<table>/*.parquet`` glob, other runs) see the previous object or the new one."""
+        key = self._key(table, day)
+        body = io.BytesIO()
+        frame.to_parquet(body, index=False)
+        self.s3.get_client().put_object(Bucket=self.bucket, Key=key, Body=body.getvalue())
+        return self._url(key)
+
+    def _existing(self, client, table: str) -> set[str]:
+        folder = self._key(table, "x").rsplit("/", 1)[0] + "/"
+        keys: set[str] = set()
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder):
+            keys.update(o["Key"] for o in page.get("Contents", []))
+        return keys
+
+    def _get(self, client, key: str) -> pd.DataFrame:
+        body = client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        return pd.read_parquet(io.BytesIO(body))
+
+    def read(self, table: str, days: list[str] | None = None) -> pd.DataFrame:
+        client = self.s3.get_client()
+        existing = self._existing(client, table)
+        if days is None:
+            key = self._key(table, None)
+            if key not in existing:
+                raise FileNotFoundError(f"table {table} has not been materialized: {self._url(key)} is missing")
+            return self._get(client, key)
+        missing = [d for d in days if self._key(table, d) not in existing]
+        if missing:
+            raise FileNotFoundError(
+                f"table {table} lacks {len(missing)} of the {len(days)} days asked for "
+                f"(first: {missing[0]}); materialize those partitions first"
+            )
+        # A year of days is a few hundred small GETs: several at once (boto3 clients are thread-safe).
+        with ThreadPoolExecutor(max_workers=min(16, max(1, len(days)))) as pool:
+            frames = list(pool.map(lambda d: self._get(client, self._key(table, d)), days))
         frames = [f for f in frames if not f.empty] or frames[:1]
         return pd.concat(frames, ignore_index=True)
 

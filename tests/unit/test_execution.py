@@ -35,11 +35,18 @@ def test_an_unknown_profile_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) 
         build_definitions()
 
 
+def _shared_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the aws and k8s profiles require besides the bucket (never contacted at load)."""
+    monkeypatch.setenv("FLIGHT_DELAY_ONLINE_STORE", "redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("FLIGHT_DELAY_DATABASE_URL", "postgresql://flight_delay:secret@127.0.0.1:5432/flight_delay")
+
+
 def test_the_k8s_profile_runs_steps_as_kubernetes_jobs_configured_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("FLIGHT_DELAY_PROFILE", "k8s")
     monkeypatch.setenv("FLIGHT_DELAY_S3_BUCKET", "flight-delay-test")
+    _shared_state(monkeypatch)
     monkeypatch.setenv("FLIGHT_DELAY_K8S_NAMESPACE", "flight-delay")
     monkeypatch.setenv("FLIGHT_DELAY_IMAGE", "flight-delay-user-code:dev")
     defs = build_definitions()
@@ -61,6 +68,7 @@ def test_the_aws_profile_keeps_steps_in_the_runs_process_even_inside_a_pod(monke
     """aws is storage; only k8s (the profile the Helm values set) runs steps as Jobs."""
     monkeypatch.setenv("FLIGHT_DELAY_PROFILE", "aws")
     monkeypatch.setenv("FLIGHT_DELAY_S3_BUCKET", "flight-delay-test")
+    _shared_state(monkeypatch)
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
     assert build_definitions().resolve_job_def("retrain_job").executor_def is dg.in_process_executor
 
