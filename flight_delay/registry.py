@@ -30,6 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from flight_delay.object_store import S3Location
+
 log = logging.getLogger(__name__)
 
 MODEL_SUBDIR = "saved_model"
@@ -167,9 +169,13 @@ def _read_history(path: Path) -> tuple[list[ChampionEvent], int | None]:
 
 class ModelRegistry:
     """Models of a local BentoML store (``<home>/models``) and their champion history: files in
-    ``<home>/champions``, or with ``database_url`` a table in PostgreSQL."""
+    ``<home>/champions``, or with ``database_url`` a table in PostgreSQL. With ``s3`` (the aws and
+    k8s profiles) the versions are archives in S3 registered in the database, and the local store is
+    a verified cache of them (:mod:`flight_delay.model_store`)."""
 
-    def __init__(self, home: str | os.PathLike[str], database_url: str | None = None) -> None:
+    def __init__(
+        self, home: str | os.PathLike[str], database_url: str | None = None, s3: S3Location | None = None
+    ) -> None:
         from bentoml._internal.models.model import ModelStore
 
         self.home = Path(home)
@@ -183,6 +189,15 @@ class ModelRegistry:
             from flight_delay.champion_history import DatabaseHistory  # psycopg only when used
 
             self._database = DatabaseHistory(database_url)
+        self._versions: Any = None
+        if s3 is not None:
+            if database_url is None:
+                raise ValueError(
+                    f"model versions in {s3} need a database URL (FLIGHT_DELAY_DATABASE_URL) to register them"
+                )
+            from flight_delay.model_store import S3ModelVersions
+
+            self._versions = S3ModelVersions(s3, database_url)
 
     # -- models -------------------------------------------------------------------------------
     def register(
@@ -212,6 +227,8 @@ class ModelRegistry:
                 if not (Path(model.path) / MODEL_SUBDIR).is_dir():
                     raise ValueError(f"registering {model.tag}: write() created no {MODEL_SUBDIR}/ folder")
             tag = model.tag
+            if self._versions is not None:  # uploaded and registered before it is in the local store
+                self._versions.publish(tag, ModelStore(tmp), staging)
             target = self.home / "models" / tag.path()
             target.parent.mkdir(parents=True, exist_ok=True)
             os.rename(Path(tmp) / tag.path(), target)
@@ -219,6 +236,13 @@ class ModelRegistry:
         latest.write_text(str(tag.version))
         os.replace(latest, self.home / "models" / tag.latest_path())
         return str(tag)
+
+    def publish(self, tag: str) -> None:
+        """Upload a version of the local store to S3 and register it there (``register`` does so
+        itself: this is for a version made without S3); a registered version is refused."""
+        if self._versions is None:
+            raise ValueError("this registry has no S3 location to publish to")
+        self._versions.publish(self.get(tag).tag, self._store, self.home / STAGING_DIR)
 
     def _complete(self, model: Any, where: str) -> Any:
         if not Path(model.path, MODEL_SUBDIR).is_dir():
@@ -231,6 +255,12 @@ class ModelRegistry:
         from bentoml.exceptions import NotFound
 
         parsed = Tag.from_taglike(tag)
+        if self._versions is not None:  # a floating tag means the latest registered version
+            if parsed.version in (None, "latest"):
+                parsed = Tag.from_taglike(self._versions.latest(parsed.name))
+            present = (self.home / "models" / parsed.path()).is_dir
+            if not present():
+                self._versions.fetch(parsed, self.home, present)
         try:
             model = self._store.get(parsed)
         except NotFound as exc:
@@ -253,6 +283,8 @@ class ModelRegistry:
             )
         if parsed.name != name:
             raise ValueError(f"{tag} is not a version of {name}")
+        if self._versions is not None:  # registered is enough: a decision needs no download
+            return self._versions.require(parsed).tag
         return str(self.get(str(parsed)).tag)
 
     def model_dir(self, tag: str) -> Path:
@@ -260,8 +292,12 @@ class ModelRegistry:
         return Path(self.get(tag).path) / MODEL_SUBDIR
 
     def list(self, name: str) -> list[str]:
-        """Every complete version of ``name``, oldest first; incomplete ones are skipped with a warning."""
+        """Every complete version of ``name``, oldest first; incomplete ones are skipped with a warning.
+        With S3: every registered version, fetched or not."""
         from bentoml._internal.models.model import Model
+
+        if self._versions is not None:
+            return self._versions.versions(name)
 
         folder = self.home / "models" / name
         models = []
@@ -299,6 +335,8 @@ class ModelRegistry:
         stamp: list[int] = []
         if self._database is not None:
             stamp += self._database.stamp(name)
+        if self._versions is not None:
+            stamp += self._versions.stamp(name)
         history = () if self._database is not None else (self._history_file(name),)
         for path in (*history, self.home / "models" / name):
             try:

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("challenge --mode split needs --share (the share of flights it takes, 0 to 1)")
         args.share = 1.0
     layout = DataLayout.resolve()
-    registry = ModelRegistry(args.home or layout.bentoml_home, layout.database_url)
+    registry = ModelRegistry(args.home or layout.bentoml_home, layout.database_url, layout.s3)
     name = args.model
 
     def expected(current: str | None) -> str | None:
