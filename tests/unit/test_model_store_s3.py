@@ -184,3 +184,39 @@ def test_processes_fetching_one_version_at_once_both_succeed(make, postgres_url,
     home = str(tmp_path / "b")
     assert race(_fetch_in_process, [(home, postgres_url, tag)] * 3) == ["one"] * 3
     assert _same_tree(make("a").model_dir(tag), make("b").model_dir(tag))
+
+
+def test_the_pipeline_registry_resource_keeps_versions_in_the_bucket(monkeypatch, tmp_path, postgres_url, s3, make):
+    import dagster as dg
+
+    from pipeline import definitions
+
+    monkeypatch.setenv("FLIGHT_DELAY_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("FLIGHT_DELAY_DATABASE_URL", postgres_url)
+    monkeypatch.setenv("FLIGHT_DELAY_PROFILE", "local")
+    local = definitions.build_definitions().resources["model_registry"]
+    assert local.s3_bucket is None
+    monkeypatch.setenv("FLIGHT_DELAY_PROFILE", "aws")
+    resource = definitions.build_definitions().resources["model_registry"]
+    with dg.build_resources({"model_registry": resource}) as resources:
+        registry = resources.model_registry.registry()
+    assert registry._versions.s3 == s3
+    tag = registry.register("m", _write("pipeline"), {}, {})
+    assert (make("service").model_dir(tag) / "weights.txt").read_text() == "pipeline"
+
+
+def test_the_command_line_decides_on_registered_versions_without_downloading_them(
+    monkeypatch, tmp_path, postgres_url, make
+):
+    from flight_delay.registry import main
+
+    tag = make("a").register("m", _write("one"), {}, {})
+    monkeypatch.setenv("FLIGHT_DELAY_PROFILE", "aws")
+    monkeypatch.setenv("FLIGHT_DELAY_DATABASE_URL", postgres_url)
+    home = tmp_path / "cli"
+    assert main(["--home", str(home), "--model", "m", "promote", tag, "--reason", "by hand", "--expect", "none"]) == 0
+    assert (
+        main(["--home", str(home), "--model", "m", "promote", "m:nosuchversion", "--reason", "x", "--expect", tag]) == 1
+    )
+    assert make("b").champion("m") == tag
+    assert not _local(ModelRegistry(home), tag).exists()
