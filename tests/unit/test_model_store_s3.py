@@ -102,9 +102,16 @@ def test_a_version_registered_by_one_replica_is_served_by_another(make, s3, s3_s
 def test_a_tampered_object_is_refused_and_not_imported(make, s3, s3_server):
     a = make("a")
     tag, other = (a.register("m", _write(t), {}, {}) for t in ("good", "evil"))
+    c = make("c")
+    # Same size, one byte changed: only the digest tells.
+    good = bytearray(_object(s3_server, s3, tag))
+    good[len(good) // 2] ^= 0xFF
+    s3_server.client().put_object(Bucket=s3.bucket, Key=_key(s3, tag), Body=bytes(good))
+    with pytest.raises(ModelIntegrityError, match=f"expected sha256 [0-9a-f]{{64}} \\({len(good)} bytes\\), actual"):
+        c.model_dir(tag)
+    assert not _local(c, tag).exists()
     # A valid archive, but not the one registered as ``tag``.
     s3_server.client().put_object(Bucket=s3.bucket, Key=_key(s3, tag), Body=_object(s3_server, s3, other))
-    c = make("c")
     with pytest.raises(ModelIntegrityError, match="expected sha256 [0-9a-f]{64}.*actual sha256 [0-9a-f]{64}"):
         c.model_dir(tag)
     assert not _local(c, tag).exists()
