@@ -30,6 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from flight_delay.object_store import S3Location
+
 log = logging.getLogger(__name__)
 
 MODEL_SUBDIR = "saved_model"
@@ -167,9 +169,13 @@ def _read_history(path: Path) -> tuple[list[ChampionEvent], int | None]:
 
 class ModelRegistry:
     """Models of a local BentoML store (``<home>/models``) and their champion history: files in
-    ``<home>/champions``, or with ``database_url`` a table in PostgreSQL."""
+    ``<home>/champions``, or with ``database_url`` a table in PostgreSQL. With ``s3`` (the aws and
+    k8s profiles) the versions are archives in S3 registered in the database, and the local store is
+    a verified cache of them (:mod:`flight_delay.model_store`)."""
 
-    def __init__(self, home: str | os.PathLike[str], database_url: str | None = None) -> None:
+    def __init__(
+        self, home: str | os.PathLike[str], database_url: str | None = None, s3: S3Location | None = None
+    ) -> None:
         from bentoml._internal.models.model import ModelStore
 
         self.home = Path(home)
@@ -183,6 +189,15 @@ class ModelRegistry:
             from flight_delay.champion_history import DatabaseHistory  # psycopg only when used
 
             self._database = DatabaseHistory(database_url)
+        self._versions: Any = None
+        if s3 is not None:
+            if database_url is None:
+                raise ValueError(
+                    f"model versions in {s3} need a database URL (FLIGHT_DELAY_DATABASE_URL) to register them"
+                )
+            from flight_delay.model_store import S3ModelVersions
+
+            self._versions = S3ModelVersions(s3, database_url)
 
     # -- models -------------------------------------------------------------------------------
     def register(
@@ -212,6 +227,8 @@ class ModelRegistry:
                 if not (Path(model.path) / MODEL_SUBDIR).is_dir():
                     raise ValueError(f"registering {model.tag}: write() created no {MODEL_SUBDIR}/ folder")
             tag = model.tag
+            if self._versions is not None:  # uploaded and registered before it is in the local store
+                self._versions.publish(tag, ModelStore(tmp), staging)
             target = self.home / "models" / tag.path()
             target.parent.mkdir(parents=True, exist_ok=True)
             os.rename(Path(tmp) / tag.path(), target)
@@ -219,6 +236,13 @@ class ModelRegistry:
         latest.write_text(str(tag.version))
         os.replace(latest, self.home / "models" / tag.latest_path())
         return str(tag)
+
+    def publish(self, tag: str) -> None:
+        """Upload a version of the local store to S3 and register it there (``register`` does so
+        itself: this is for a version made without S3); a registered version is refused."""
+        if self._versions is None:
+            raise ValueError("this registry has no S3 location to publish to")
+        self._versions.publish(self.get(tag).tag, self._store, self.home / STAGING_DIR)
 
     def _complete(self, model: Any, where: str) -> Any:
         if not Path(model.path, MODEL_SUBDIR).is_dir():
@@ -231,6 +255,12 @@ class ModelRegistry:
         from bentoml.exceptions import NotFound
 
         parsed = Tag.from_taglike(tag)
+        if self._versions is not None:  # a floating tag means the latest registered version
+            if parsed.version in (None, "latest"):
+                parsed = Tag.from_taglike(self._versions.latest(parsed.name))
+            present = (self.home / "models" / parsed.path()).is_dir
+            if not present():
+                self._versions.fetch(parsed, self.home, present)
         try:
             model = self._store.get(parsed)
         except NotFound as exc:
@@ -253,6 +283,8 @@ class ModelRegistry:
             )
         if parsed.name != name:
             raise ValueError(f"{tag} is not a version of {name}")
+        if self._versions is not None:  # registered is enough: a decision needs no download
+            return self._versions.require(parsed).tag
         return str(self.get(str(parsed)).tag)
 
     def model_dir(self, tag: str) -> Path:
@@ -260,8 +292,12 @@ class ModelRegistry:
         return Path(self.get(tag).path) / MODEL_SUBDIR
 
     def list(self, name: str) -> list[str]:
-        """Every complete version of ``name``, oldest first; incomplete ones are skipped with a warning."""
+        """Every complete version of ``name``, oldest first; incomplete ones are skipped with a warning.
+        With S3: every registered version, fetched or not."""
         from bentoml._internal.models.model import Model
+
+        if self._versions is not None:
+            return self._versions.versions(name)
 
         folder = self.home / "models" / name
         models = []
@@ -299,6 +335,8 @@ class ModelRegistry:
         stamp: list[int] = []
         if self._database is not None:
             stamp += self._database.stamp(name)
+        if self._versions is not None:
+            stamp += self._versions.stamp(name)
         history = () if self._database is not None else (self._history_file(name),)
         for path in (*history, self.home / "models" / name):
             try:
@@ -502,103 +540,10 @@ class ModelRegistry:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m flight_delay.registry {history,state,promote,rollback,challenge,retire}``."""
-    import argparse
-    import sys
+    """``python -m flight_delay.registry``: the command line of :mod:`flight_delay.registry_cli`."""
+    from flight_delay.registry_cli import main as cli
 
-    from flight_delay.model import MODEL_NAME
-    from flight_delay.paths import DataLayout
-
-    parser = argparse.ArgumentParser(
-        prog="python -m flight_delay.registry",
-        description="Which model serves: every change is recorded in the history and applied only if the "
-        "registry is still in the state it was decided against (else: an error, nothing written).",
-    )
-    parser.add_argument(
-        "--home", default=None, help="BentoML home (default: $FLIGHT_DELAY_DATA_DIR/bentoml or data/bentoml)"
-    )
-    parser.add_argument("--model", default=MODEL_NAME)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("history", help="every decision, oldest first, one JSON object a line")
-    sub.add_parser("state", help="champion, challenger, barred models and earlier champions, as JSON")
-    read_expect = (
-        "; omitted, the current {0} is read and expected: reading and writing are two steps, and a change "
-        "made by someone else in between fails with a conflict instead of being overwritten"
-    )
-    promote = sub.add_parser("promote", help="make TAG (name:version) the champion")
-    promote.add_argument("tag")
-    promote.add_argument("--reason", required=True)
-    promote.add_argument("--expect", required=True, help="the current champion ('none' before the first)")
-    promote.add_argument(
-        "--no-guard",
-        action="store_true",
-        help="do not score the replaced champion in shadow afterwards (by default it is, so that the rollback "
-        "sensor can roll the new champion back if it does worse live)",
-    )
-    rollback = sub.add_parser("rollback", help="restore an earlier champion; the current one is barred")
-    rollback.add_argument(
-        "--to", dest="to_tag", default=None, help="which earlier champion (default: the most recent one not barred)"
-    )
-    rollback.add_argument("--reason", required=True)
-    rollback.add_argument(
-        "--expect", default=None, help="the champion to roll back from" + read_expect.format("champion")
-    )
-    challenge = sub.add_parser("challenge", help="make TAG the challenger of the champion")
-    challenge.add_argument("tag")
-    challenge.add_argument("--mode", choices=MODES, required=True)
-    challenge.add_argument("--share", type=float, default=None, help="split: share of flights (0 to 1); shadow: 1")
-    challenge.add_argument("--reason", required=True)
-    challenge.add_argument("--force", action="store_true", help="also a rejected, rolled-back or retired model")
-    challenge.add_argument("--expect", default=None, help="the current champion" + read_expect.format("champion"))
-    retire = sub.add_parser("retire", help="remove the challenger and bar it")
-    retire.add_argument("--reason", required=True)
-    retire.add_argument("--expect", default=None, help="the current challenger" + read_expect.format("challenger"))
-    args = parser.parse_args(argv)
-    if args.command == "challenge" and args.share is None:
-        if args.mode == "split":
-            parser.error("challenge --mode split needs --share (the share of flights it takes, 0 to 1)")
-        args.share = 1.0
-    layout = DataLayout.resolve()
-    registry = ModelRegistry(args.home or layout.bentoml_home, layout.database_url)
-    name = args.model
-
-    def expected(current: str | None) -> str | None:
-        given = getattr(args, "expect", None)
-        if given is None:
-            return current
-        return None if given == "none" else registry.canonical(name, given)
-
-    try:
-        state = registry.state(name)
-        champion = state.champion
-        if args.command == "promote":
-            if args.no_guard:
-                print(registry.promote(name, args.tag, args.reason, expected(champion)).to_json())
-            else:
-                for event in registry.promote_guarded(name, args.tag, args.reason, expected(champion)):
-                    print(event.to_json())
-        elif args.command == "rollback":
-            print(registry.rollback(name, args.reason, expected(champion), args.to_tag).to_json())
-        elif args.command == "challenge":
-            event = registry.challenge(
-                name, args.tag, args.mode, args.share, args.reason, expected(champion), args.force
-            )
-            print(event.to_json())
-        elif args.command == "retire":
-            current = state.challenger.tag if state.challenger else None
-            target = expected(current)
-            if target is None:
-                raise LookupError(f"{name} has no challenger to retire")
-            print(registry.retire(name, args.reason, target).to_json())
-        elif args.command == "state":
-            print(state.to_json())
-        else:
-            for event in registry.history(name):
-                print(event.to_json())
-    except (LookupError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return cli(argv)
 
 
 if __name__ == "__main__":

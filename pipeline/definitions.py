@@ -17,7 +17,7 @@ import os
 import dagster as dg
 from dagster_aws.s3 import S3PickleIOManager, S3Resource
 
-from flight_delay.object_store import BUCKET_ENV, ENDPOINT_ENVS, S3Location
+from flight_delay.object_store import BUCKET_ENV, ENDPOINT_ENVS, PREFIX_ENV, S3Location
 from flight_delay.paths import DATABASE_URL_ENV, PROFILE_ENV, PROJECT_ROOT, DataLayout
 from pipeline import jobs, sensors
 from pipeline.assets import (
@@ -123,6 +123,11 @@ def build_definitions(
     online_store_url = dg.EnvVar(ONLINE_STORE_ENV) if os.environ.get(ONLINE_STORE_ENV) else None
     # The shared prediction log and champion history (DataLayout reads and checks the URL).
     database_url = dg.EnvVar(DATABASE_URL_ENV) if layout.database_url else None
+    # The aws and k8s profiles: model versions in the bucket (DataLayout reads and checks it).
+    s3: dict[str, object] = {}
+    if layout.s3 is not None:
+        prefix = dg.EnvVar(PREFIX_ENV) if os.environ.get(PREFIX_ENV) else layout.s3.prefix  # its default when unset
+        s3 = {"s3_bucket": dg.EnvVar(BUCKET_ENV), "s3_prefix": prefix}
     return dg.Definitions(
         assets=dg.load_assets_from_modules(ASSET_MODULES),
         jobs=[jobs.feature_refresh_job, jobs.retrain_job, jobs.monitoring_job, jobs.decision_job],
@@ -142,7 +147,9 @@ def build_definitions(
                 s3_bucket=dg.EnvVar(BUCKET_ENV) if layout.s3 else None,
                 s3_prefix=layout.s3.prefix if layout.s3 else "",
             ),
-            "model_registry": LocalModelRegistry(bentoml_home=str(layout.bentoml_home), database_url=database_url),
+            "model_registry": LocalModelRegistry(
+                bentoml_home=str(layout.bentoml_home), database_url=database_url, **s3
+            ),
             "prediction_log_db": PredictionLogResource(path=str(layout.prediction_log), database_url=database_url),
             "metrics_source": metrics_source(layout),
             "drift_metrics_source": metrics_source(layout, reader="drift_sensor_last_read"),

@@ -5,6 +5,7 @@ from abc import ABC, abstractmethod
 import dagster as dg
 from pydantic import Field
 
+from flight_delay.object_store import S3Location
 from flight_delay.registry import ModelRegistry
 
 
@@ -23,5 +24,14 @@ class LocalModelRegistry(ModelRegistryResource):
         "replicas share (FLIGHT_DELAY_DATABASE_URL); unset: <home>/champions.",
     )
 
+    s3_bucket: str | None = Field(
+        default=None,
+        description="The aws and k8s profiles: the bucket of the model versions (FLIGHT_DELAY_S3_BUCKET); they are "
+        "archives under <prefix>/models/, registered in the database, and <home>/models is a verified cache of them. "
+        "Unset: the versions live only in <home>/models.",
+    )
+    s3_prefix: str = Field(default="", description="Key prefix in s3_bucket (FLIGHT_DELAY_S3_PREFIX).")
+
     def registry(self) -> ModelRegistry:
-        return ModelRegistry(self.bentoml_home, self.database_url)
+        s3 = S3Location(self.s3_bucket, self.s3_prefix.strip("/")) if self.s3_bucket else None
+        return ModelRegistry(self.bentoml_home, self.database_url, s3)
