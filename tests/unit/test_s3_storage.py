@@ -185,9 +185,3 @@ def test_repo_config_under_s3_puts_the_registry_in_the_bucket_and_reads_sources_
     assert local.registry.path == str(tmp_path.resolve() / "registry.db")
     assert local.offline_store.type == "duckdb"
 
-
-def test_the_service_builds_its_store_with_the_s3_location():
-    """serving/service.py passes the layout's S3 location (None under the local profile); the
-    integration test of the aws profile reads features through a store built with these arguments."""
-    source = (PROJECT_ROOT / "serving" / "service.py").read_text()
-    assert "build_store(s.repo_path, s.layout.feast_state, s.online_store_url, s.layout.s3)" in source
