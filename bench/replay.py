@@ -210,7 +210,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     started = time.monotonic()
     layout = DataLayout.resolve(args.data_dir)
-    registry = ModelRegistry(layout.bentoml_home)
+    registry = ModelRegistry.of(layout)
     initial = layout.root / "replay-initial-bentoml"
     if not initial.exists():  # the prepared state, restored at every replay
         if registry.champion(MODEL_NAME) is None:

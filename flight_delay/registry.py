@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from flight_delay.object_store import S3Location
+from flight_delay.paths import DataLayout
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,12 @@ class ModelRegistry:
             self._versions = S3ModelVersions(s3, database_url)
 
     # -- models -------------------------------------------------------------------------------
+
+    @classmethod
+    def of(cls, layout: DataLayout) -> ModelRegistry:
+        """The registry of a deployment: its BentoML home, and its shared database and bucket when
+        its profile and settings name them (what the service, the pipeline and the tools open)."""
+        return cls(layout.bentoml_home, layout.database_url, layout.s3)
     def register(
         self,
         name: str,

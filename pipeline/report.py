@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--next-steps", action="store_true", help="Also print where to look next.")
     args = parser.parse_args(argv)
     layout = DataLayout.resolve()
-    registry = ModelRegistry(layout.bentoml_home)
+    registry = ModelRegistry.of(layout)
     versions = registry.list(MODEL_NAME)
     if not versions:
         print(f"no {MODEL_NAME} model in {layout.bentoml_home}; did the retraining step run?", file=sys.stderr)

@@ -85,7 +85,7 @@ class FlightDelayService:
         # thread spinning for the matrix products made a batch slower, not faster.
         threadpool_limits(1)
         s = self.settings = ServingSettings.from_env()
-        self.registry = ModelRegistry(s.layout.bentoml_home, s.layout.database_url, s.layout.s3)
+        self.registry = ModelRegistry.of(s.layout)
         store = build_store(s.repo_path, s.layout.feast_state, s.online_store_url, s.layout.s3)
         self.online = OnlineFeatures(store, FLIGHT_DELAY_SERVICE, s.feature_cache_seconds, s.feature_cache_entries)
         # A model whose inputs the online features cannot build is refused when it is loaded.

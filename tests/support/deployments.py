@@ -42,7 +42,7 @@ class Deployment:
         return self.layout.prediction_log
 
     def registry(self) -> ModelRegistry:
-        return ModelRegistry(self.layout.bentoml_home)
+        return ModelRegistry.of(self.layout)
 
 
 def run_ok(
