@@ -204,6 +204,7 @@ def test_the_pipeline_registry_resource_keeps_versions_in_the_bucket(monkeypatch
     local = definitions.build_definitions().resources["model_registry"]
     assert local.s3_bucket is None
     monkeypatch.setenv("FLIGHT_DELAY_PROFILE", "aws")
+    monkeypatch.setenv("FLIGHT_DELAY_ONLINE_STORE", "redis://127.0.0.1:6379/0")  # required; never opened here
     resource = definitions.build_definitions().resources["model_registry"]
     with dg.build_resources({"model_registry": resource}) as resources:
         registry = resources.model_registry.registry()
