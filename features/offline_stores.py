@@ -91,6 +91,16 @@ def _is_s3(source: DataSource | None) -> bool:
     return isinstance(source, FileSource) and source.path.startswith("s3://")
 
 
+def _through_us(config: RepoConfig) -> dict[str, Any]:
+    """What every ibis function of Feast's DuckDB store is given, with this module's reader."""
+    return {
+        "data_source_reader": _read_data_source,
+        "data_source_writer": feast_duckdb._write_data_source,
+        "staging_location": config.offline_store.staging_location,
+        "staging_location_endpoint_override": config.offline_store.staging_location_endpoint_override,
+    }
+
+
 class S3DuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
     """Feast's DuckDB offline store, with ``s3://`` Parquet sources read by pyarrow."""
 
@@ -118,10 +128,7 @@ class S3DuckDBOfflineStore(DuckDBOfflineStore):
             created_timestamp_column=created_timestamp_column,
             start_date=start_date,
             end_date=end_date,
-            data_source_reader=_read_data_source,
-            data_source_writer=feast_duckdb._write_data_source,
-            staging_location=config.offline_store.staging_location,
-            staging_location_endpoint_override=config.offline_store.staging_location_endpoint_override,
+            **_through_us(config),
         )
 
     @staticmethod
@@ -144,10 +151,7 @@ class S3DuckDBOfflineStore(DuckDBOfflineStore):
             registry=registry,
             project=project,
             full_feature_names=full_feature_names,
-            data_source_reader=_read_data_source,
-            data_source_writer=feast_duckdb._write_data_source,
-            staging_location=config.offline_store.staging_location,
-            staging_location_endpoint_override=config.offline_store.staging_location_endpoint_override,
+            **_through_us(config),
             filter_by_created_timestamp=filter_by_created_timestamp,
         )
 
@@ -171,10 +175,7 @@ class S3DuckDBOfflineStore(DuckDBOfflineStore):
             created_timestamp_column=created_timestamp_column,
             start_date=start_date,
             end_date=end_date,
-            data_source_reader=_read_data_source,
-            data_source_writer=feast_duckdb._write_data_source,
-            staging_location=config.offline_store.staging_location,
-            staging_location_endpoint_override=config.offline_store.staging_location_endpoint_override,
+            **_through_us(config),
         )
 
     @staticmethod

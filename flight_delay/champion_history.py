@@ -12,17 +12,14 @@ as a writer waiting for the file lock does: a promotion that expected the old ch
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from flight_delay.log_database import connect_postgres, redact
+from flight_delay.log_database import SharedConnection, redact
 from flight_delay.registry import ChampionEvent, RegistryState, fold
 
 _TABLE = """
@@ -42,29 +39,10 @@ class DatabaseHistory:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._lock = threading.Lock()
-        self._conn: Any = None
-        self._pid = os.getpid()
-        with self._connection() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            conn.execute(_TABLE)
+        self._connection = SharedConnection(url, _TABLE, _SCHEMA_LOCK)
 
     def __repr__(self) -> str:
         return f"DatabaseHistory({redact(self.url)!r})"
-
-    @contextmanager
-    def _connection(self) -> Iterator[Any]:
-        with self._lock:
-            if self._pid != os.getpid():  # a forked child must not talk over its parent's socket
-                self._conn, self._pid = None, os.getpid()
-            if self._conn is None or self._conn.closed:
-                self._conn = connect_postgres(self.url)
-            try:
-                yield self._conn
-            except psycopg.OperationalError:
-                self._conn.close()
-                self._conn = None
-                raise
 
     @staticmethod
     def _read(conn: Any, name: str) -> tuple[list[ChampionEvent], int]:

@@ -10,7 +10,11 @@ columns, whether a transaction is open, which errors mean "the database, not the
 from __future__ import annotations
 
 import functools
+import os
 import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -66,6 +70,39 @@ def connect_postgres(url: str, *, read_only: bool = False) -> Any:
 
     options = "-c default_transaction_read_only=on" if read_only else None
     return psycopg.connect(url, autocommit=True, options=options, connect_timeout=10)
+
+
+class SharedConnection:
+    """One PostgreSQL connection shared by the threads of a process: opened on first use, again
+    in a forked child (which must not talk over its parent's socket) and after the server went
+    away. ``schema`` (its statements run under the advisory lock ``schema_lock``: ``CREATE TABLE IF
+    NOT EXISTS`` alone races in PostgreSQL's catalog) is created when the object is made."""
+
+    def __init__(self, url: str, schema: str | None = None, schema_lock: int = 0) -> None:
+        self.url = url  # holds a password: never logged
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._pid = os.getpid()
+        if schema:
+            with self() as conn, conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (schema_lock,))
+                conn.execute(schema)
+
+    @contextmanager
+    def __call__(self) -> Iterator[Any]:
+        import psycopg
+
+        with self._lock:
+            if self._pid != os.getpid():
+                self._conn, self._pid = None, os.getpid()
+            if self._conn is None or self._conn.closed:
+                self._conn = connect_postgres(self.url)
+            try:
+                yield self._conn
+            except psycopg.OperationalError:
+                self._conn.close()
+                self._conn = None
+                raise
 
 
 def begin(conn: Any) -> str:

@@ -20,9 +20,6 @@ import hashlib
 import logging
 import os
 import tempfile
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -30,7 +27,7 @@ from typing import Any
 
 import psycopg
 
-from flight_delay.log_database import connect_postgres, redact
+from flight_delay.log_database import SharedConnection, connect_postgres, redact
 from flight_delay.object_store import S3Location, s3_client
 from flight_delay.registry import STAGING_DIR
 
@@ -96,12 +93,7 @@ class S3ModelVersions:
         self.s3 = s3
         self.database_url = database_url  # holds a password: never logged
         self._client: Any = None
-        self._lock = threading.Lock()
-        self._conn: Any = None
-        self._pid = os.getpid()
-        with self._connection() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            conn.execute(_TABLE)
+        self._connection = SharedConnection(database_url, _TABLE, _SCHEMA_LOCK)
 
     def __repr__(self) -> str:
         return f"S3ModelVersions({self.s3.url()!r}, {redact(self.database_url)!r})"
@@ -111,22 +103,6 @@ class S3ModelVersions:
         if self._client is None:
             self._client = s3_client()  # boto3 clients are thread-safe
         return self._client
-
-    @contextmanager
-    def _connection(self) -> Iterator[Any]:
-        """One connection shared by the threads of a process, opened again after a fork or after
-        the server went away (as :class:`flight_delay.champion_history.DatabaseHistory`)."""
-        with self._lock:
-            if self._pid != os.getpid():
-                self._conn, self._pid = None, os.getpid()
-            if self._conn is None or self._conn.closed:
-                self._conn = connect_postgres(self.database_url)
-            try:
-                yield self._conn
-            except psycopg.OperationalError:
-                self._conn.close()
-                self._conn = None
-                raise
 
     def key(self, name: str, version: str) -> str:
         return self.s3.key("models", name, f"{version}{ARCHIVE_SUFFIX}")

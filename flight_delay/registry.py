@@ -207,6 +207,7 @@ class ModelRegistry:
         """The registry of a deployment: its BentoML home, and its shared database and bucket when
         its profile and settings name them (what the service, the pipeline and the tools open)."""
         return cls(layout.bentoml_home, layout.database_url, layout.s3)
+
     def register(
         self,
         name: str,

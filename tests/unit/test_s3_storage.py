@@ -184,4 +184,3 @@ def test_repo_config_under_s3_puts_the_registry_in_the_bucket_and_reads_sources_
     local = repo_config(PROJECT_ROOT, tmp_path)
     assert local.registry.path == str(tmp_path.resolve() / "registry.db")
     assert local.offline_store.type == "duckdb"
-
