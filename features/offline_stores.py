@@ -38,7 +38,8 @@ from feast.infra.offline_stores.offline_store import RetrievalJob
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import RepoConfig
 
-S3_DUCKDB_TYPE = "features.offline_stores.S3DuckDBOfflineStore"
+from features.store import S3_OFFLINE_STORE_TYPE
+
 _GLOB_CHARS = "*?["
 
 
@@ -104,7 +105,7 @@ def _through_us(config: RepoConfig) -> dict[str, Any]:
 class S3DuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
     """Feast's DuckDB offline store, with ``s3://`` Parquet sources read by pyarrow."""
 
-    type: Literal["features.offline_stores.S3DuckDBOfflineStore"] = S3_DUCKDB_TYPE  # type: ignore[assignment]
+    type: Literal["features.offline_stores.S3DuckDBOfflineStore"] = S3_OFFLINE_STORE_TYPE  # type: ignore[assignment]
 
 
 class S3DuckDBOfflineStore(DuckDBOfflineStore):

@@ -16,8 +16,8 @@ from features.online_stores import REDIS_TYPE, SQLITE_TYPE
 from flight_delay.object_store import S3Location
 from flight_delay.paths import redact as redact  # the service redacts its store URL with it
 
-# The offline store of the aws and k8s profiles (features.offline_stores.S3_DUCKDB_TYPE, named
-# here so that building a config does not import the module before Feast needs it).
+# The offline store of the aws and k8s profiles (features.offline_stores, named here so that
+# building a config does not import that module before Feast needs it).
 S3_OFFLINE_STORE_TYPE = "features.offline_stores.S3DuckDBOfflineStore"
 
 # Every Redis command and connection attempt gives up after this long (seconds) unless the URL
@@ -67,6 +67,11 @@ def registry_url(s3: S3Location) -> str:
     return s3.url("feast", "registry.pb")
 
 
+def _registry_at(registry: Any, path: str) -> Any:
+    """``feature_store.yaml``'s registry setting (a path, or a mapping with one) moved to ``path``."""
+    return {**registry, "path": path} if isinstance(registry, dict) else path
+
+
 def repo_config(
     repo_path: str | Path,
     state_dir: str | Path | None = None,
@@ -84,12 +89,7 @@ def repo_config(
     if state_dir:
         state = Path(state_dir).resolve()
         state.mkdir(parents=True, exist_ok=True)
-        registry = raw.get("registry")
-        raw["registry"] = (
-            {**registry, "path": str(state / "registry.db")}
-            if isinstance(registry, dict)
-            else str(state / "registry.db")
-        )
+        raw["registry"] = _registry_at(raw.get("registry"), str(state / "registry.db"))
         online = dict(raw.get("online_store") or {"type": SQLITE_TYPE})
         if online.get("type", "sqlite") in ("sqlite", SQLITE_TYPE):
             online["path"] = str(state / "online.db")
@@ -97,9 +97,8 @@ def repo_config(
     if online_store_url:
         raw["online_store"] = online_store_config(online_store_url)
     if s3 is not None:
-        registry = raw.get("registry")
         # Feast's S3 registry store: boto3, endpoint from AWS_ENDPOINT_URL_S3 (or FEAST_S3_ENDPOINT_URL).
-        raw["registry"] = {**registry, "path": registry_url(s3)} if isinstance(registry, dict) else registry_url(s3)
+        raw["registry"] = _registry_at(raw.get("registry"), registry_url(s3))
         raw["offline_store"] = {**(raw.get("offline_store") or {}), "type": S3_OFFLINE_STORE_TYPE}
     return RepoConfig(repo_path=repo, **raw)
 

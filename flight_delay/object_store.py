@@ -23,12 +23,15 @@ DEFAULT_PREFIX: Final = "flight-delay"
 ENDPOINT_ENVS: Final = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
 
+def endpoint_variable() -> str | None:
+    """The variable that names an S3-compatible endpoint, None for AWS itself."""
+    return next((name for name in ENDPOINT_ENVS if os.environ.get(name)), None)
+
+
 def s3_endpoint() -> str | None:
     """The S3-compatible endpoint the environment names, None for AWS itself."""
-    for name in ENDPOINT_ENVS:
-        if os.environ.get(name):
-            return os.environ[name]
-    return None
+    name = endpoint_variable()
+    return os.environ[name] if name else None
 
 
 @dataclass(frozen=True)

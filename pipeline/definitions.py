@@ -17,7 +17,7 @@ import os
 import dagster as dg
 from dagster_aws.s3 import S3PickleIOManager, S3Resource
 
-from flight_delay.object_store import BUCKET_ENV, ENDPOINT_ENVS, PREFIX_ENV, S3Location
+from flight_delay.object_store import BUCKET_ENV, S3Location, endpoint_variable
 from flight_delay.paths import DATABASE_URL_ENV, PROFILE_ENV, PROJECT_ROOT, DataLayout
 from pipeline import jobs, sensors
 from pipeline.assets import (
@@ -71,7 +71,7 @@ def s3_resource() -> S3Resource:
     """dagster-aws's S3 client from the standard AWS environment: the endpoint of an S3-compatible
     server when ``AWS_ENDPOINT_URL_S3`` (or ``AWS_ENDPOINT_URL``) names one (unset on AWS); keys,
     session token and region as boto3 finds them (variables, or the pod's IAM role)."""
-    endpoint = next((name for name in ENDPOINT_ENVS if os.environ.get(name)), None)
+    endpoint = endpoint_variable()
     return S3Resource(endpoint_url=dg.EnvVar(endpoint)) if endpoint else S3Resource()
 
 
@@ -124,10 +124,10 @@ def build_definitions(
     # The shared prediction log and champion history (DataLayout reads and checks the URL).
     database_url = dg.EnvVar(DATABASE_URL_ENV) if layout.database_url else None
     # The aws and k8s profiles: model versions in the bucket (DataLayout reads and checks it).
+    # The prefix as the table stores take it (resolved here, its default included); the bucket an EnvVar.
     s3: dict[str, object] = {}
     if layout.s3 is not None:
-        prefix = dg.EnvVar(PREFIX_ENV) if os.environ.get(PREFIX_ENV) else layout.s3.prefix  # its default when unset
-        s3 = {"s3_bucket": dg.EnvVar(BUCKET_ENV), "s3_prefix": prefix}
+        s3 = {"s3_bucket": dg.EnvVar(BUCKET_ENV), "s3_prefix": layout.s3.prefix}
     return dg.Definitions(
         assets=dg.load_assets_from_modules(ASSET_MODULES),
         jobs=[jobs.feature_refresh_job, jobs.retrain_job, jobs.monitoring_job, jobs.decision_job],
