@@ -33,7 +33,14 @@ def _empty(url: str) -> None:
             conn.execute("TRUNCATE predictions, feedback")
 
 
-def rows_per_second(rows: int, busy: bool, database_url: str | None = None) -> float:
+def _bytes_written() -> int:
+    """What this process has written so far (to files and the WAL, before the page cache)."""
+    fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(fields["wchar"])
+
+
+def rows_per_second(rows: int, busy: bool, database_url: str | None = None) -> tuple[float, float]:
+    """Rows a second, and bytes written per row."""
     features = {f"f{i}": random.random() for i in range(38)} | {"carrier": "UA", "dest": "IAH"}
     stop = threading.Event()
 
@@ -49,14 +56,16 @@ def rows_per_second(rows: int, busy: bool, database_url: str | None = None) -> f
         writer = PredictionLogWriter(Path(folder) / "predictions.db", max_backlog=rows + 1, database_url=database_url)
         if busy:
             threading.Thread(target=spin, daemon=True).start()
+        written = _bytes_written()
         started = time.perf_counter()
         for i in range(rows):
             writer.predicted(f"r{i:012d}", f"2013-01-01:UA{i % 5000}:EWR", "m:1", "champion", 0.2, features, 1e9 + i)
         writer.flush(timeout=600)
         seconds = time.perf_counter() - started
+        written = _bytes_written() - written
         stop.set()
         writer.close()
-    return rows / seconds
+    return rows / seconds, written / rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,10 +74,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--database-url", default=None, help="a PostgreSQL database to write to (emptied)")
     args = parser.parse_args(argv)
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)  # as the service sets it
-    alone = rows_per_second(args.rows, busy=False, database_url=args.database_url)
-    beside = rows_per_second(args.rows, busy=True, database_url=args.database_url)
-    print(f"writer alone: {alone:,.0f} rows/s; beside a busy event loop: {beside:,.0f} rows/s")
-    print(json.dumps({"rows_per_s_alone": round(alone), "rows_per_s_busy_gil": round(beside), "ratio": beside / alone}))
+    alone, per_row = rows_per_second(args.rows, busy=False, database_url=args.database_url)
+    beside, _ = rows_per_second(args.rows, busy=True, database_url=args.database_url)
+    print(
+        f"writer alone: {alone:,.0f} rows/s, {per_row:,.0f} bytes written per row; "
+        f"beside a busy event loop: {beside:,.0f} rows/s"
+    )
+    print(
+        json.dumps(
+            {
+                "rows_per_s_alone": round(alone),
+                "rows_per_s_busy_gil": round(beside),
+                "ratio": beside / alone,
+                "bytes_written_per_row": round(per_row),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

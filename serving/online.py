@@ -77,10 +77,6 @@ class _View:
     ttl: float  # seconds, 0 = no expiry
     table: Any  # the FeatureView
 
-    def key_of(self, entity_row: dict[str, str]) -> tuple:
-        """The view's entity key (a tuple of its join keys' values) in a flight's entity row."""
-        return tuple(map(entity_row.__getitem__, self.join_keys))
-
 
 Entry = tuple[float, float | None, tuple | None]  # (monotonic read time, event time (unix) or None, values or None)
 
@@ -179,7 +175,13 @@ class OnlineFeatures:
         default_time = now.timestamp()
         times = [f.prediction_time.timestamp() if f.prediction_time else default_time for f in flights]
         fresh_after = time.monotonic() - self.max_staleness
-        keys = {v.name: list(map(v.key_of, entity_rows)) for v in self.views}
+        # Each view's entity keys, built once per distinct set of join keys, column-wise.
+        columns = {k: [row[k] for row in entity_rows] for k in ENTITY_KEYS}
+        by_join_keys: dict[tuple[str, ...], list[tuple]] = {}
+        for v in self.views:
+            if v.join_keys not in by_join_keys:
+                by_join_keys[v.join_keys] = list(zip(*(columns[k] for k in v.join_keys)))
+        keys = {v.name: by_join_keys[v.join_keys] for v in self.views}
         cached = {v.name: self._cached(v.name, set(keys[v.name]), fresh_after) for v in self.views}
         return Lookup(self, keys, cached, times)
 

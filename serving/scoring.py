@@ -26,7 +26,7 @@ import numpy as np
 
 from flight_delay.flights import is_late
 from flight_delay.prediction_log import FeedbackConflict, RecordedFeedback
-from serving.api_models import FeedbackResult, Flight, Prediction
+from serving.api_models import Answer, FeedbackResult, Flight
 from serving.log_writer import LogUnavailable, PredictionLogWriter
 from serving.online import OnlineFeatures, model_inputs
 from serving.routing import ModelRouter, Routing, Variant
@@ -143,7 +143,7 @@ class Scorer:
                 ) from exc
         return lookup.finish()
 
-    async def score(self, flights: list[Flight], endpoint: str) -> list[Prediction]:
+    async def score(self, flights: list[Flight], endpoint: str) -> list[Answer]:
         routing = self.follow_routing()  # one snapshot for the whole call
         if routing.champion is None:
             raise ServiceError(
@@ -220,18 +220,18 @@ class Scorer:
         except LogUnavailable as exc:  # a prediction the log cannot keep is not served
             raise ServiceError(str(exc), HTTPStatus.SERVICE_UNAVAILABLE) from exc
         # Built from values the service made itself: validating them again buys nothing.
-        threshold, construct = self.threshold, Prediction.model_construct
+        threshold = self.threshold
         return [
-            construct(
-                request_id=ids[i],
-                flight_key=keys[i],
-                probability=probabilities[i],
-                delayed=probabilities[i] >= threshold,
-                threshold=threshold,
-                model_version=assigned[i].tag,
-                variant=assigned[i].name,
-                feature_age_seconds=rows.ages_of(i),
-                unknown=rows.unknown[i],
+            Answer(
+                ids[i],
+                keys[i],
+                probabilities[i],
+                probabilities[i] >= threshold,
+                threshold,
+                assigned[i].tag,
+                assigned[i].name,
+                rows.ages_of(i),
+                rows.unknown[i],
             )
             for i in range(len(flights))
         ]
