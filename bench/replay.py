@@ -81,7 +81,7 @@ LOOP_CONFIG = {
         "cooldown_days": 28,
         "exclude": ["month", "days_to_holiday", "weekday"],
     },
-    "window": {"train_days": 90, "evaluation_days": 14},
+    "window": {"train_days": 365, "evaluation_days": 14},
     "intervals": {"drift_retraining_sensor": 15, "challenger_sensor": 5, "rollback_sensor": 5},
 }
 

@@ -190,9 +190,14 @@ def drift_trigger(
 class RetrainingWindow:
     """The training window a drift trigger asks for: evaluation on the last ``evaluation_days``
     complete local days before the data time, training on the ``train_days`` before those (not
-    before ``first_day``, where the data begin)."""
+    before ``first_day``, where the data begin).
 
-    train_days: int = 90
+    A year by default: the same season last year is what a model of a seasonal process needs, and
+    until the history is a year long the window grows with it. On 2013, monthly retrainings scored
+    on each next month (April-December) reached a mean AUC of 0.7592 with the growing window
+    against 0.7500 with 90 days, and 0.7304 for a model of January-February alone."""
+
+    train_days: int = 365
     evaluation_days: int = 14
     first_day: str = "2013-01-01"
 
