@@ -105,7 +105,7 @@ def test_drift_requests_a_retraining_window_ending_at_the_data_time_with_its_fig
         "ops": {
             "training_set": {
                 "config": {
-                    "train_start": "2013-01-26",
+                    "train_start": "2013-01-01",  # a year back, not before the data begin
                     "train_end": "2013-04-25",
                     "evaluation_start": "2013-04-26",
                     "evaluation_end": "2013-05-09",
