@@ -22,6 +22,8 @@ from flight_delay.monitoring import Scrape, parse_metrics
 from flight_delay.paths import PROJECT_ROOT
 
 HOST = "127.0.0.1"
+PORT_ATTEMPTS = 3  # ports a server is started on before a bind failure is reported
+PORT_TAKEN = "Address already in use"
 
 
 # -- ports and processes ----------------------------------------------------------------------
@@ -285,10 +287,19 @@ class ServerProcess:
         is seen in the log, where BentoML says "Service <name> initialized" once per worker."""
         assert self.group is not None, "start() first"
         deadline = time.monotonic() + timeout
+        port_attempts = PORT_ATTEMPTS
         while True:
             if self.group.proc.poll() is not None:
                 code = self.group.proc.returncode
                 self.stop()
+                if port_attempts > 1 and PORT_TAKEN in self.log_tail(5):
+                    # The port was free when it was chosen; another process took it before bentoml
+                    # bound it (an outgoing connection's ephemeral port, on a busy machine).
+                    port_attempts -= 1
+                    self.port = free_port()
+                    self.url = f"http://{HOST}:{self.port}"
+                    self.start()
+                    continue
                 raise RuntimeError(f"{self.name}: bentoml serve exited with {code}:\n{self.log_tail()}")
             if self._ready(workers):
                 break

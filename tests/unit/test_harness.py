@@ -132,6 +132,23 @@ def test_the_floor_service_runs_under_the_harness(tmp_path):
     assert still_running(tree) == []
 
 
+def test_a_server_whose_port_was_taken_before_it_bound_starts_on_another(tmp_path):
+    """free_port() only says a port is free now; whoever binds it first gets it."""
+    import os
+    import socket
+
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "True"}
+    server = ServerProcess("bench.floor:FloorService", env, tmp_path / "floor.log")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", server.port))
+        squatter.listen()
+        taken = server.port
+        with server:
+            assert server.port != taken and server.url.endswith(f":{server.port}")
+            assert http_get(server.port, "/readyz")[0] == 200
+    assert "Address already in use" in (tmp_path / "floor.log").read_text()
+
+
 def test_a_server_that_exits_is_reported_with_its_log(tmp_path):
     server = ServerProcess("no_such_module:Nothing", {"PATH": "/usr/bin:/bin"}, tmp_path / "bad.log")
     with pytest.raises(RuntimeError, match="exited with"):
