@@ -43,7 +43,7 @@ import pandas as pd
 import redis
 
 from bench.flights import request_body
-from bench.harness import HOST, ServerProcess, service_env, start_redis
+from bench.harness import HOST, ServerProcess, service_env, start_redis, unwind_on_sigterm
 from bench.prometheus import RULES_DIR, Prometheus
 from features.feeder import OnlineFeeder
 from features.store import build_store
@@ -233,6 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--poll", type=float, default=5.0)
     parser.add_argument("--rules", default=str(RULES_DIR), help="Folder of the Prometheus rule files.")
     args = parser.parse_args(argv)
+    unwind_on_sigterm()
 
     layout = DataLayout.resolve(args.data_dir)
     registry = ModelRegistry(layout.bentoml_home)

@@ -38,6 +38,18 @@ def free_port() -> int:
     return port
 
 
+def unwind_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, a CI job's timeout) unwind this process like Ctrl-C, so that the
+    ``finally`` blocks and context managers that stop its servers run. Each server runs in a
+    session of its own (:class:`ProcessGroup`), which a signal to this process does not reach:
+    without this, a driver killed by SIGTERM left its servers, Redis and daemon running."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def _stat(pid: int) -> tuple[str, int, int, list[str]] | None:
     """(state, parent pid, start time, all fields after the name) of a live process, from /proc."""
     try:

@@ -21,7 +21,7 @@ from typing import Any
 
 from bench import loadgen as lg
 from bench.flights import predict_requests, sample_flights, store_instant
-from bench.harness import HOST, ServerProcess, service_env
+from bench.harness import HOST, ServerProcess, service_env, unwind_on_sigterm
 from bench.phases import Phase, Run, measure
 from bench.report import HEADER, finite, print_row
 from flight_delay.paths import DataLayout
@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each measured phase")
     parser.add_argument("--data-dir", type=Path, default=None, help="data folder of `make demo` (default: data/)")
     args = parser.parse_args(argv)
+    unwind_on_sigterm()
     layout = DataLayout.resolve(args.data_dir)
     scratch = Path(tempfile.mkdtemp(prefix="flight-delay-interference-"))
     for name in ("bentoml", "feast"):

@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 
 from bench.flights import request_body
-from bench.harness import HOST, ProcessGroup, ServerProcess, service_env, start_redis
+from bench.harness import HOST, ProcessGroup, ServerProcess, service_env, start_redis, unwind_on_sigterm
 from bench.replay_report import Timeline, write_report
 from features.feeder import OnlineFeeder
 from features.store import build_store
@@ -445,6 +445,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--verbose", action="store_true", help="A line per data day.")
     args = parser.parse_args(argv)
+    unwind_on_sigterm()
     summary = run(args)
     print(json.dumps(summary))
 

@@ -62,7 +62,7 @@ from typing import Any
 
 from bench import loadgen as lg
 from bench.flights import batch_requests, predict_requests, sample_flights, store_instant
-from bench.harness import HOST, ServerProcess, histogram_delta, other_load, service_env
+from bench.harness import HOST, ServerProcess, histogram_delta, other_load, service_env, unwind_on_sigterm
 from bench.phases import SLO_P99_MS, Phase, Run, find_max_rate, generator_floor, measure, warm_up
 from bench.report import (
     HEADER,
@@ -487,6 +487,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    unwind_on_sigterm()
     layout = DataLayout.resolve(args.data_dir)
     champions = layout.bentoml_home / "champions" / f"{MODEL_NAME}.jsonl"
     if not champions.exists():

@@ -18,6 +18,7 @@ from bench.harness import (
     free_port,
     histogram_delta,
     http_get,
+    process_tree,
     start_redis,
     still_running,
 )
@@ -147,6 +148,38 @@ def test_a_server_whose_port_was_taken_before_it_bound_starts_on_another(tmp_pat
             assert server.port != taken and server.url.endswith(f":{server.port}")
             assert http_get(server.port, "/readyz")[0] == 200
     assert "Address already in use" in (tmp_path / "floor.log").read_text()
+
+
+def test_a_driver_stopped_by_sigterm_stops_the_servers_it_started(tmp_path):
+    """Servers run in sessions of their own: only the driver's own unwinding stops them."""
+    import os
+    import signal
+    import subprocess
+    from pathlib import Path
+
+    driver = f"""
+import sys, time
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+from bench.harness import ProcessGroup, unwind_on_sigterm
+unwind_on_sigterm()
+server = ProcessGroup.start(["sleep", "300"], __import__("pathlib").Path({str(tmp_path / "sleep.log")!r}))
+try:
+    print(server.proc.pid, flush=True)
+    time.sleep(60)
+finally:
+    server.stop()
+"""
+    proc = subprocess.Popen([sys.executable, "-c", driver], stdout=subprocess.PIPE, text=True)
+    server = process_tree(int(proc.stdout.readline()))  # pid -> start time
+    try:
+        assert still_running(server)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        assert proc.returncode != 0  # stopped, not finished
+        assert still_running(server) == []
+    finally:
+        for pid in still_running(server):  # left behind when the test fails
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_a_server_that_exits_is_reported_with_its_log(tmp_path):
