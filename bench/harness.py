@@ -275,10 +275,13 @@ class ServerProcess:
         self.workers = workers  # how many worker processes to wait for (None: the first is enough)
         self.name = name or target
         self.port = free_port()
-        self.url = f"http://{HOST}:{self.port}"
         self.group: ProcessGroup | None = None
         self.started_workers: set[int] = set()
         self.restarted = False  # a worker was replaced while it served (see check_workers)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
 
     def start(self) -> ServerProcess:
         command = [*bentoml_command(), "serve", self.target, "--host", HOST, "--port", str(self.port)]
@@ -309,7 +312,6 @@ class ServerProcess:
                     # bound it (an outgoing connection's ephemeral port, on a busy machine).
                     port_attempts -= 1
                     self.port = free_port()
-                    self.url = f"http://{HOST}:{self.port}"
                     self.start()
                     continue
                 raise RuntimeError(f"{self.name}: bentoml serve exited with {code}:\n{self.log_tail()}")
