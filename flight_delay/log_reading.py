@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from flight_delay import log_database as db
 from flight_delay.flights import LOCAL_TZ
 from flight_delay.log_database import Location
+from flight_delay.prediction_log import data_day, data_day_bounds
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,9 +62,10 @@ def read_query(
     ``prediction_time`` (``with_prediction_time=False``): its data time is ``predicted_at``; nor
     the shadow's columns (``with_shadow=False``): read as missing.
 
-    The data-time range is two index ranges of ``predictions_by_data_time`` (rows with a
-    prediction time, and rows without one by ``predicted_at``), and the feedback one index
-    lookup per prediction: a day is read without scanning the table.
+    The data-time range is one range of the ``predictions_by_data_day`` index (the data days it
+    covers, :func:`~flight_delay.prediction_log.data_day`), its rows then tested on their exact
+    data time, and the feedback one index lookup per prediction: a day is read without scanning
+    the table.
     """
     where, params = [], []
     if since is not None:
@@ -74,6 +76,13 @@ def read_query(
         hi = math.inf if end is None else end
         fallback = "p.predicted_at >= ? AND p.predicted_at < ?"
         if with_prediction_time:
+            first, last = data_day_bounds(lo, hi)  # the index's range, then the exact times
+            if math.isfinite(first):
+                where.append(f"{data_day('p')} >= ?")
+                params.append(first)
+            if math.isfinite(last):
+                where.append(f"{data_day('p')} <= ?")
+                params.append(last)
             where.append(
                 f"((p.prediction_time >= ? AND p.prediction_time < ?) OR (p.prediction_time IS NULL AND {fallback}))"
             )

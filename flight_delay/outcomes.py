@@ -14,6 +14,7 @@ import pandas as pd
 
 from flight_delay import log_database as db
 from flight_delay import log_reading
+from flight_delay.prediction_log import data_day
 
 PAIRED_COLUMNS = ("request_id", "prediction_time", "received_at", "late", "champion_p", "challenger_p")
 
@@ -25,9 +26,15 @@ def latest_data_time(path: str | Path) -> datetime | None:
     with log_reading.reading(db.location(path)) as conn:
         if conn is None:
             return None
-        have = db.columns(conn, "predictions")
-        when = "COALESCE(prediction_time, predicted_at)" if "prediction_time" in have else "predicted_at"
-        (value,) = conn.execute(f"SELECT MAX({when}) FROM predictions").fetchone()
+        if "prediction_time" not in db.columns(conn, "predictions"):  # a log not yet migrated
+            (value,) = conn.execute("SELECT MAX(predicted_at) FROM predictions").fetchone()
+        else:
+            # The latest data day from its index, then the latest time within it: two index
+            # searches, where the largest COALESCE(...) alone reads the whole table. The day is a
+            # non-decreasing function of the time, so the latest time has the latest day.
+            (day,) = conn.execute(f"SELECT MAX({data_day()}) FROM predictions").fetchone()
+            latest = f"SELECT MAX(COALESCE(prediction_time, predicted_at)) FROM predictions WHERE {data_day()} >= ?"
+            (value,) = conn.execute(db.sql(conn, latest), (day,)).fetchone()
     return None if value is None else datetime.fromtimestamp(float(value), tz=UTC)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import math
 import re
 import sqlite3
 import time
@@ -66,14 +67,44 @@ _POSTGRES_TABLES = _TABLES.format(real="DOUBLE PRECISION", order="rowid BIGINT G
 # Any fixed number: workers creating the tables at once take turns (CREATE ... IF NOT EXISTS
 # alone races in PostgreSQL's catalog).
 _SCHEMA_LOCK = 7_286_431
+# A prediction's data day: its data time (``prediction_time``, else ``predicted_at``) in whole UTC
+# days since 1970, as an index expression. Readers of a range of data time narrow it by this
+# expression first (a day more on either side: PostgreSQL's CAST rounds where SQLite's
+# truncates), then test the exact times.
+#
+# The index is on the day, not the time, for the writer's sake. Prediction times arrive in any
+# order (a replay, a backfill, the benchmark's month of flights): an index on the exact time takes
+# each row at a random place, and every commit rewrites one index page per row it holds, about
+# 8 KB of WAL per row once the log is large. Within a day the index keeps the insertion order
+# (the rowid), so a commit appends to the few days it holds: ``python -m bench.log_writer``
+# measures the bytes written per row.
+DATA_DAY_MARGIN = 1  # days read beyond a range's own on either side
+
+
+def data_day(table: str = "") -> str:
+    """The data-day expression, its columns qualified by ``table`` (an alias) when given; a
+    query uses the index only with the expression as the index has it."""
+    prefix = f"{table}." if table else ""
+    return f"CAST(COALESCE({prefix}prediction_time, {prefix}predicted_at) / 86400 AS INTEGER)"
+
+
+def data_day_bounds(start: float, end: float) -> tuple[float, float]:
+    """The least and greatest data day to read for data times in ``[start, end)`` (unix seconds;
+    an infinite bound stays infinite)."""
+    first = math.floor(start / 86_400) - DATA_DAY_MARGIN if math.isfinite(start) else start
+    last = math.floor(end / 86_400) + DATA_DAY_MARGIN if math.isfinite(end) else end
+    return first, last
+
+
 _INDEXES = {
     "predictions_by_flight": "ON predictions (flight_key, predicted_at)",  # the latest for a flight
     "predictions_by_predicted_at": "ON predictions (predicted_at)",  # retention, ``since``
-    # A day of data time: the range on prediction_time, or predicted_at where it is missing.
-    "predictions_by_data_time": "ON predictions (prediction_time, predicted_at)",
+    "predictions_by_data_day": f"ON predictions (({data_day()}))",  # a range of data time
     "feedback_by_request": "ON feedback (request_id)",  # UNIQUE: one outcome per prediction
 }
 _UNIQUE = {"feedback_by_request"}
+# Indexes of earlier logs that the current tables no longer have: dropped when a log is migrated.
+_OBSOLETE_INDEXES = ("predictions_by_data_time",)  # on (prediction_time, predicted_at): see data_day
 # Logs written before feedback was unique may hold several outcomes per prediction; the one kept
 # is the one `read_log` reported until then: the latest (last written on a tie).
 _KEEP_LATEST_FEEDBACK = """
@@ -103,9 +134,18 @@ def write_transaction(conn: Connection) -> Iterator[Connection]:
         raise
 
 
+def _indexes(conn: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+
+
 def _missing_indexes(conn: sqlite3.Connection) -> list[str]:
-    have = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    have = _indexes(conn)
     return [name for name in _INDEXES if name not in have]
+
+
+def _obsolete_indexes(conn: sqlite3.Connection) -> list[str]:
+    have = _indexes(conn)
+    return [name for name in _OBSOLETE_INDEXES if name in have]
 
 
 # Columns added to ``predictions`` since the first logs, in order, with their types.
@@ -119,13 +159,15 @@ def _missing_columns(conn: sqlite3.Connection) -> list[str]:
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     """Bring a log written by an earlier version to the current tables, in place and in one
-    transaction: the added columns (``prediction_time``, the shadow's), the indexes created, one
-    outcome per prediction."""
-    if not _missing_columns(conn) and not _missing_indexes(conn):
+    transaction: the added columns (``prediction_time``, the shadow's), the indexes created (and
+    those it no longer uses dropped), one outcome per prediction."""
+    if not _missing_columns(conn) and not _missing_indexes(conn) and not _obsolete_indexes(conn):
         return
     with write_transaction(conn):  # checked again under the lock: another worker may have done it
         for name in _missing_columns(conn):
             conn.execute(f"ALTER TABLE predictions ADD COLUMN {name} {_ADDED_COLUMNS[name]}")
+        for name in _obsolete_indexes(conn):
+            conn.execute(f"DROP INDEX {name}")
         missing = _missing_indexes(conn)
         if "feedback_by_request" in missing:
             removed = conn.execute(_KEEP_LATEST_FEEDBACK).rowcount
@@ -150,6 +192,8 @@ def _open_postgres(url: str) -> Any:
             for statement in _POSTGRES_TABLES.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            for name in _OBSOLETE_INDEXES:
+                conn.execute(f"DROP INDEX IF EXISTS {name}")
             for name, spec in _INDEXES.items():
                 unique = "UNIQUE " if name in _UNIQUE else ""
                 conn.execute(f"CREATE {unique}INDEX IF NOT EXISTS {name} {spec}")

@@ -202,6 +202,38 @@ def test_a_time_range_reads_the_predictions_of_its_data_time(log_database):
         read_log(path, start=_local("2013-03-11 00:00"))
 
 
+def test_a_range_of_data_time_reads_exactly_its_predictions_whatever_their_hour(log_database):
+    """The day index narrows a range by whole UTC days (PostgreSQL rounds its CAST, SQLite
+    truncates): predictions a second inside and a second outside every edge of ranges that start
+    and end at every hour of a day are read, or not, by their exact data time."""
+    base = _local("2013-03-10 00:00")
+    times = [base + hour * 3600 + offset for hour in range(-26, 51) for offset in (-1.0, 0.0, 0.5)]
+    log = log_database.writer()
+    predict = {"model_version": "flight_delay:aaa", "variant": "champion", "probability": 0.5, "features": {"x": 1.0}}
+    for i, at in enumerate(times):
+        log.predicted(f"r{i:04d}", "2013-03-10:UA1:EWR", prediction_time=at, **predict)
+    log.close()
+    path = log_database.location
+    for start_hour, hours in ((0, 24), (5, 1), (2, 14), (23, 2), (-25, 48), (19, 30)):
+        start, end = base + start_hour * 3600, base + (start_hour + hours) * 3600
+        read = read_log(path, start=start, end=end)["prediction_time"].map(pd.Timestamp.timestamp)
+        assert sorted(read) == [at for at in times if start <= at < end], (start_hour, hours)
+    assert len(read_log(path, start=base)) == sum(at >= base for at in times)
+    assert len(read_log(path, end=base)) == sum(at < base for at in times)
+
+
+def test_a_log_with_the_former_data_time_index_gets_the_data_day_index_instead(tmp_path):
+    path = tmp_path / "predictions.db"
+    open_for_writing(path).close()
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("DROP INDEX predictions_by_data_day")
+        db.execute("CREATE INDEX predictions_by_data_time ON predictions (prediction_time, predicted_at)")
+    open_for_writing(path).close()
+    with closing(sqlite3.connect(path)) as db:
+        indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "predictions_by_data_day" in indexes and "predictions_by_data_time" not in indexes, indexes
+
+
 def test_a_day_is_read_through_the_index(tmp_path):
     from flight_delay.log_reading import read_query
 
@@ -211,8 +243,7 @@ def test_a_day_is_read_through_the_index(tmp_path):
     with closing(sqlite3.connect(path)) as db:
         plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
     assert not [step for step in plan if step.startswith("SCAN")], plan
-    assert any("USING INDEX predictions_by_data_time (prediction_time>? AND prediction_time<?)" in s for s in plan)
-    assert any("USING INDEX predictions_by_data_time (prediction_time=? AND predicted_at>?" in s for s in plan)
+    assert any("USING INDEX predictions_by_data_day (<expr>>? AND <expr><?)" in s for s in plan), plan
 
 
 def test_the_daily_asset_stores_each_day_of_the_log_in_the_lake(tmp_path, log_database, monkeypatch):
