@@ -26,7 +26,10 @@ daemon's sensors tick several times a data day.
 The comparison policies are scored afterwards on the feature rows the service logged
 (``bench.replay_report``): ``static``, the replay's first champion (trained on January –
 February by the data preparation); ``monthly``, a model trained by the same pipeline assets on the
-first day of each month with the loop's training window; ``loop``, what the service answered.
+first day of each month with the loop's training window; ``loop``, what the service answered. The
+monthly models need nothing but the prepared data: they are trained before the replay starts (or
+reused from an earlier replay of the same data and window), and the report gives that time apart
+from the replay's.
 
 Prepare the data once (the whole year through the asset graph, and the static model; about
 6 minutes): ``make replay`` does it when ``data/replay`` has no model yet.
@@ -208,7 +211,6 @@ def active_runs(instance: Any) -> list[Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import dagster as dg
 
-    started = time.monotonic()
     layout = DataLayout.resolve(args.data_dir)
     registry = ModelRegistry.of(layout)
     initial = layout.root / "replay-initial-bentoml"
@@ -219,6 +221,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     shutil.rmtree(layout.bentoml_home)
     shutil.copytree(initial, layout.bentoml_home)
     static = registry.champion(MODEL_NAME)
+    assert static is not None
+    monthly = MonthlyModels.prepare(args, layout, str(static))
+    print(
+        f"replay: the monthly policy's {len(monthly.models)} models ready in {monthly.seconds:.0f} s "
+        f"({monthly.trained} trained, {monthly.reused} reused); the replay starts now",
+        flush=True,
+    )
+    started = time.monotonic()
     scratch = layout.root / "replay-run"
     shutil.rmtree(scratch, ignore_errors=True)
     (scratch / "dagster_home").mkdir(parents=True)
@@ -274,8 +284,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         processes.append(daemon)
         os.environ["DAGSTER_HOME"] = str(scratch / "dagster_home")
         instance = dg.DagsterInstance.get()
-        monthly = MonthlyPolicy(args, layout, scratch)
-        monthly.start()
         driver = Driver(server.port, traffic)
         walk(args, flights, feeder, driver, registry, instance, timeline, traffic)
         driver.close()
@@ -284,14 +292,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         scrape = parse_metrics(_get(server.port, "/metrics"))
         future = metric_total(scrape, "flight_delay_future_values_total")
         errors = metric_total(scrape, "flight_delay_requests_total", outcome="server_error")
-        monthly.join()
         runs = list(instance.get_runs())
         summary = write_report(
             layout=layout,
-            scratch=scratch,
             registry=registry,
             static=static,
-            monthly=monthly.models,
+            monthly=monthly,
             runs=runs,
             timeline=timeline,
             traffic=traffic,
@@ -375,52 +381,71 @@ def _wait_idle(instance: Any, traffic: Traffic, timeline: Timeline, registry: Mo
     traffic.paused_seconds += time.monotonic() - waited
 
 
-class MonthlyPolicy(threading.Thread):
-    """The comparison policy ``monthly``: on the first day of each month from ``--start`` to
-    ``--end``, the pipeline's training assets (``training_set``, ``delay_model``) on the loop's
-    training window for that day, each model registered in a model store of its own (never served).
-    Runs beside the replay, on the same data folder's feature tables."""
+@dataclass
+class MonthlyModels:
+    """The comparison policy ``monthly``'s models: on the first day of each month after the
+    replay's first, the pipeline's training assets (``training_set``, ``delay_model``) on the loop's
+    training window for that day, each registered in a model store of its own (never served).
 
-    def __init__(self, args: argparse.Namespace, layout: DataLayout, scratch: Path) -> None:
-        super().__init__(name="monthly-policy", daemon=True)
-        self.args, self.layout, self.scratch = args, layout, scratch
-        self.models: dict[str, str] = {}  # first day of the month -> model tag
-        self.error: BaseException | None = None
+    They depend on the prepared data alone, not on anything the replay does, so they are trained
+    before the replay starts, not beside it on the same two cores: ``monthly.json`` beside them
+    records each month's window and the static model of the data they came from, and a later
+    replay reuses a month's model only when both are the same. ``seconds`` is the time this took
+    (reported apart from the replay's own)."""
 
-    def run(self) -> None:
-        try:
-            self._train_all()
-        except BaseException as exc:  # reported, and the report says the policy is missing
-            self.error = exc
-            print(f"monthly policy failed: {type(exc).__name__}: {exc}", flush=True)
+    home: Path
+    models: dict[str, str]  # first day of the month -> model tag
+    trained: int
+    reused: int
+    seconds: float
 
-    def _train_all(self) -> None:
+    @classmethod
+    def prepare(cls, args: argparse.Namespace, layout: DataLayout, static: str) -> MonthlyModels:
         import dagster as dg
 
         from flight_delay.loop import RetrainingWindow
         from pipeline.definitions import build_definitions
         from pipeline.resources import LocalModelRegistry
 
+        started = time.monotonic()
+        home = layout.root / "replay-monthly-bentoml"
+        manifest_path = layout.root / "replay-monthly.json"
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        if manifest.get("static") != static:  # data prepared again: nothing of it can be reused
+            shutil.rmtree(home, ignore_errors=True)
+            manifest = {"static": static, "months": {}}
         window = RetrainingWindow(**LOOP_CONFIG["window"])
-        home = self.scratch / "monthly-bentoml"
-        defs = build_definitions(str(self.layout.root))
+        defs = build_definitions(str(layout.root))
         resources = {**defs.resources, "model_registry": LocalModelRegistry(bentoml_home=str(home))}
         registry = ModelRegistry(home)
+        have = set(registry.list(MODEL_NAME))
+        models: dict[str, str] = {}
+        trained = 0
         # Every first of a month after the replay's first day (its first month is the static model's).
-        months = pd.date_range(pd.Timestamp(self.args.start) + pd.offsets.MonthBegin(1), self.args.end, freq="MS")
+        months = pd.date_range(pd.Timestamp(args.start) + pd.offsets.MonthBegin(1), args.end, freq="MS")
         for month in months:
-            at = month.tz_localize(LOCAL_TZ).tz_convert("UTC").to_pydatetime()
+            first_day = month.strftime("%Y-%m-%d")
+            dates = window.dates(month.tz_localize(LOCAL_TZ).tz_convert("UTC").to_pydatetime())
+            kept = manifest["months"].get(first_day, {})
+            if kept.get("dates") == dates and kept.get("tag") in have:
+                models[first_day] = kept["tag"]
+                print(f"  monthly policy: {kept['tag']} for {month:%Y-%m} (reused)", flush=True)
+                continue
             before = set(registry.list(MODEL_NAME))
             result = dg.materialize(
                 list(defs.assets or []),
                 selection=["training_set", "delay_model"],
                 resources=resources,
-                run_config={"ops": {"training_set": {"config": window.dates(at)}}},
+                run_config={"ops": {"training_set": {"config": dates}}},
                 instance=dg.DagsterInstance.ephemeral(),
             )
             (tag,) = set(registry.list(MODEL_NAME)) - before
-            self.models[month.strftime("%Y-%m-%d")] = tag
+            models[first_day] = tag
+            trained += 1
+            manifest["months"][first_day] = {"tag": tag, "dates": dates}
+            manifest_path.write_text(json.dumps(manifest, indent=1))  # a model kept as soon as it is made
             print(f"  monthly policy: {tag} for {month:%Y-%m} ({result.run_id[:8]})", flush=True)
+        return cls(home, models, trained, len(models) - trained, time.monotonic() - started)
 
 
 def _get(port: int, path: str) -> str:

@@ -117,10 +117,9 @@ def _retrainings(runs: list[Any], timeline: Timeline) -> list[dict[str, Any]]:
 def write_report(
     *,
     layout: DataLayout,
-    scratch: Path,
     registry: ModelRegistry,
     static: str,
-    monthly: dict[str, str],
+    monthly: Any,  # bench.replay.MonthlyModels
     runs: list[Any],
     timeline: Timeline,
     traffic: Any,
@@ -131,7 +130,7 @@ def write_report(
     loop_config: dict[str, Any],
     seconds: float,
 ) -> dict[str, Any]:
-    table = score_policies(layout, registry, static, scratch / "monthly-bentoml", monthly)
+    table = score_policies(layout, registry, static, monthly.home, monthly.models)
     retrainings = _retrainings(runs, timeline)
     events = timeline.events
     counted = table[table["month"] >= FIRST_SCORED_MONTH]
@@ -141,7 +140,7 @@ def write_report(
         summary[policy] = {
             "mean_monthly_auc": round(float(rows["auc"].mean()), 4),
             "mean_monthly_log_loss": round(float(rows["log_loss"].mean()), 4),
-            "retrainings": {"static": 0, "monthly": len(monthly), "loop": len(retrainings)}[policy],
+            "retrainings": {"static": 0, "monthly": len(monthly.models), "loop": len(retrainings)}[policy],
         }
     summary |= {
         "promotions": sum(e["action"] == "promote" for e in events),
@@ -153,6 +152,8 @@ def write_report(
         "predictions": traffic.predictions,
         "outcomes": traffic.feedback,
         "seconds": round(seconds),
+        "monthly_models_seconds": round(monthly.seconds),  # before the replay: trained, or reused
+        "monthly_models_trained": monthly.trained,
     }
     chart = layout.root / "replay.png"
     _chart(table, retrainings, events, chart)
@@ -184,7 +185,9 @@ def _markdown(
         f"{traffic.predictions} predictions and {traffic.feedback} outcomes over HTTP, {traffic.failed} failed "
         f"({server_errors:.0f} server errors counted by the service); feature values stamped after their "
         f"prediction time: {summary['future_values_served']:.0f}; the clock waited {traffic.paused_seconds:.0f} s "
-        f"for pipeline runs; {summary['seconds']} s in all.",
+        f"for pipeline runs; {summary['seconds']} s in all. The monthly policy's models were made before it: "
+        f"{summary['monthly_models_trained']} trained, the others reused from an earlier replay of the same "
+        f"data and window, in {summary['monthly_models_seconds']} s.",
         "",
         f"Loop configuration: `{json.dumps(loop_config)}`",
         "",
