@@ -6,11 +6,18 @@ settings (and request limits) that does nothing else.
 features, no model, no log, no metrics of its own. Measured in the same run, with the same
 worker count, it says what the framework and the machine cost, so the service's figures can be
 judged as ratios to it, whatever machine the benchmark runs on. Only the benchmark starts it.
+
+It encodes its answers as the service does (orjson, from :class:`serving.api_models.Answer`).
+``FLIGHT_DELAY_FLOOR_ANSWERS=pydantic`` (``python -m bench --floor-answers pydantic``) makes it
+answer as the floor did before the service encoded its own answers: a pydantic model per
+prediction, serialized by BentoML, about half as fast in batches. Ratios to that floor compare
+with ratios measured by the code before that change.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from typing import Annotated
 
 import bentoml
@@ -21,10 +28,26 @@ from serving.api_models import Answer, BatchPredictions, Flight, Prediction, ans
 from serving.service import JSON, SERVICE_CONFIG, SETTINGS, add_request_limits
 
 _ids = itertools.count()
+PYDANTIC_ANSWERS = os.environ.get("FLIGHT_DELAY_FLOOR_ANSWERS", "orjson") == "pydantic"
 
 
 def _answer(flight: Flight) -> Answer:
     return Answer(f"{next(_ids):032x}", flight.key, 0.0, False, 0.5, "floor:0", "champion", {}, [])
+
+
+def _model(flight: Flight) -> Prediction:
+    """The answer as the floor built it before: a pydantic model, for BentoML to serialize."""
+    return Prediction.model_construct(
+        request_id=f"{next(_ids):032x}",
+        flight_key=flight.key,
+        probability=0.0,
+        delayed=False,
+        threshold=0.5,
+        model_version="floor:0",
+        variant="champion",
+        feature_age_seconds={},
+        unknown=[],
+    )
 
 
 @add_request_limits
@@ -34,6 +57,8 @@ class FloorService:
 
     @bentoml.api
     async def predict(self, flight: Flight) -> Prediction:
+        if PYDANTIC_ANSWERS:
+            return _model(flight)
         # Encoded as the service encodes its answers, so that the two are measured alike.
         return Response(answer_json(_answer(flight)), media_type=JSON)
 
@@ -41,4 +66,6 @@ class FloorService:
     async def predict_batch(
         self, flights: Annotated[list[Flight], Field(min_length=1, max_length=SETTINGS.max_batch)]
     ) -> BatchPredictions:
+        if PYDANTIC_ANSWERS:
+            return BatchPredictions(predictions=[_model(f) for f in flights])
         return Response(answers_json([_answer(f) for f in flights]), media_type=JSON)

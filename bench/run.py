@@ -165,8 +165,8 @@ class Bench:
         for name in ("bentoml", "feast"):
             (self.scratch / name).symlink_to(layout.root / name, target_is_directory=True)
 
-    def server(self, target: str, name: str) -> ServerProcess:
-        env = service_env(self.scratch, self.scratch / f"bentoml-home-{name}")
+    def server(self, target: str, name: str, **extra_env: str) -> ServerProcess:
+        env = service_env(self.scratch, self.scratch / f"bentoml-home-{name}") | extra_env
         server = ServerProcess(target, env, self.scratch / f"{name}.log", name=name, workers=self.workers)
         self.servers.append(server)
         return server
@@ -478,6 +478,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-naive", action="store_true", help="do not measure the naive baseline")
     parser.add_argument("--skip-floor", action="store_true", help="do not measure the floor service")
     parser.add_argument(
+        "--floor-answers",
+        choices=("orjson", "pydantic"),
+        default="orjson",
+        help="how the floor encodes its answers: as the service does (default), or a pydantic model per "
+        "prediction as the floor did before the service encoded its own (to compare ratios with runs of that code)",
+    )
+    parser.add_argument(
         "--service",
         default=SERVICE,
         help=f"import string of the service under test (default {SERVICE}; e.g. a variant to compare)",
@@ -525,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     summary: dict[str, Any] = {
         "quick": args.quick,
+        "floor_answers": args.floor_answers,
         "service": args.service,
         "champion": champion,
         "store_instant": bench.instant.isoformat(),
@@ -554,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         floor = None
         if not args.skip_floor:
             print(f"\nstarting {FLOOR_SERVICE} (the API over nothing: the floor) ...", flush=True)
-            with bench.server(FLOOR_SERVICE, "floor") as floor_server:
+            with bench.server(FLOOR_SERVICE, "floor", FLIGHT_DELAY_FLOOR_ANSWERS=args.floor_answers) as floor_server:
                 print(
                     f"ready on {HOST}:{floor_server.port}; worker pids {floor_server.worker_pids}\n{HEADER}", flush=True
                 )

@@ -4,6 +4,7 @@ measured and stopped."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -106,11 +107,18 @@ def test_failures_count_as_infinitely_slow():
     assert math.isinf(r.percentile(99))  # the one failure is in the tail
 
 
-def test_the_floor_service_runs_under_the_harness(tmp_path):
-    """The benchmark's floor as a real server: ready, answers a flight, stopped with its workers."""
+@pytest.mark.parametrize("answers", ["orjson", "pydantic"])
+def test_the_floor_service_runs_under_the_harness(tmp_path, answers):
+    """The benchmark's floor as a real server: ready, answers a flight (the same answer whichever
+    way it encodes it), stopped with its workers."""
     import os
 
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "True"}
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(tmp_path / "home"),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "FLIGHT_DELAY_FLOOR_ANSWERS": answers,
+    }
     server = ServerProcess("bench.floor:FloorService", env, tmp_path / "floor.log")
     with server:
         assert server.worker_pids and all(mb > 0 for mb in server.rss().values())
@@ -127,7 +135,18 @@ def test_the_floor_service_runs_under_the_harness(tmp_path):
         import asyncio
 
         status, body = asyncio.run(lg.fetch("127.0.0.1", server.port, request))
-        assert status == 200 and b'"flight_key":"2013-03-31:UA1545:EWR"' in body.replace(b" ", b"")
+        assert status == 200
+        assert json.loads(body) == {
+            "request_id": "0" * 32,
+            "flight_key": "2013-03-31:UA1545:EWR",
+            "probability": 0.0,
+            "delayed": False,
+            "threshold": 0.5,
+            "model_version": "floor:0",
+            "variant": "champion",
+            "feature_age_seconds": {},
+            "unknown": [],
+        }
         assert server.cpu() > 0
         tree = dict(server.group.tree)
     assert still_running(tree) == []
