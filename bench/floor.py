@@ -36,18 +36,9 @@ def _answer(flight: Flight) -> Answer:
 
 
 def _model(flight: Flight) -> Prediction:
-    """The answer as the floor built it before: a pydantic model, for BentoML to serialize."""
-    return Prediction.model_construct(
-        request_id=f"{next(_ids):032x}",
-        flight_key=flight.key,
-        probability=0.0,
-        delayed=False,
-        threshold=0.5,
-        model_version="floor:0",
-        variant="champion",
-        feature_age_seconds={},
-        unknown=[],
-    )
+    """The same answer as the floor built it before: a pydantic model, for BentoML to serialize."""
+    answer = _answer(flight)
+    return Prediction.model_construct(**{name: getattr(answer, name) for name in Answer.__slots__})
 
 
 @add_request_limits

@@ -388,16 +388,19 @@ class MonthlyModels:
     training window for that day, each registered in a model store of its own (never served).
 
     They depend on the prepared data alone, not on anything the replay does, so they are trained
-    before the replay starts, not beside it on the same two cores: ``monthly.json`` beside them
-    records each month's window and the static model of the data they came from, and a later
-    replay reuses a month's model only when both are the same. ``seconds`` is the time this took
-    (reported apart from the replay's own)."""
+    before the replay starts, not beside it on the same two cores: ``replay-monthly.json`` in the
+    data folder records each month's window and the static model of the data they came from, and a
+    later replay reuses a month's model only when both are the same. ``seconds`` is the time this
+    took (reported apart from the replay's own)."""
 
     home: Path
     models: dict[str, str]  # first day of the month -> model tag
-    trained: int
-    reused: int
+    trained: int  # of those, trained now (the others reused)
     seconds: float
+
+    @property
+    def reused(self) -> int:
+        return len(self.models) - self.trained
 
     @classmethod
     def prepare(cls, args: argparse.Namespace, layout: DataLayout, static: str) -> MonthlyModels:
@@ -445,7 +448,7 @@ class MonthlyModels:
             manifest["months"][first_day] = {"tag": tag, "dates": dates}
             manifest_path.write_text(json.dumps(manifest, indent=1))  # a model kept as soon as it is made
             print(f"  monthly policy: {tag} for {month:%Y-%m} ({result.run_id[:8]})", flush=True)
-        return cls(home, models, trained, len(models) - trained, time.monotonic() - started)
+        return cls(home, models, trained, time.monotonic() - started)
 
 
 def _get(port: int, path: str) -> str:

@@ -204,8 +204,9 @@ def test_a_time_range_reads_the_predictions_of_its_data_time(log_database):
 
 def test_a_range_of_data_time_reads_exactly_its_predictions_whatever_their_hour(log_database):
     """The day index narrows a range by whole UTC days (PostgreSQL rounds its CAST, SQLite
-    truncates): predictions a second inside and a second outside every edge of ranges that start
-    and end at every hour of a day are read, or not, by their exact data time."""
+    truncates): with a prediction on every hour of three days, a second before it and half a
+    second after it, ranges starting and ending at several hours (one ending past noon UTC, where
+    PostgreSQL's day is the next) read exactly the predictions of their data time."""
     base = _local("2013-03-10 00:00")
     times = [base + hour * 3600 + offset for hour in range(-26, 51) for offset in (-1.0, 0.0, 0.5)]
     log = log_database.writer()
