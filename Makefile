@@ -14,7 +14,7 @@ DAGSTER := $(UV) run --frozen dagster
 # Alertmanager with amtool (the rules, alerts and dashboards' queries). PostgreSQL below.
 SYSTEM_PACKAGES := chromium redis-server openssl prometheus prometheus-alertmanager
 
-.PHONY: help setup system-deps demo evaluate materialize lint test ui serve bench bench-interference drift-scenario replay rollback monitor images deploy-check clean
+.PHONY: help setup system-deps demo evaluate materialize lint test ui serve bench bench-ab bench-interference drift-scenario replay rollback monitor images deploy-check clean
 
 help:
 	@echo "make demo      set up, then materialize the whole graph on January-March 2013"
@@ -23,6 +23,7 @@ help:
 	@echo "make ui        the Dagster UI on http://127.0.0.1:3030"
 	@echo "make serve     the prediction service on http://127.0.0.1:3000 (after make demo)"
 	@echo "make bench     latency and throughput of the service, beside its floor and a naive baseline"
+	@echo "make bench-ab BASELINE=DIR  this checkout's service against another checkout's, interleaved"
 	@echo "make replay    March-December 2013 through the service and the loop's sensors (static vs monthly vs loop)"
 	@echo "make monitor   Prometheus (http://127.0.0.1:19090) and Alertmanager (:19093) watching make serve"
 	@echo "make images    the service and Dagster user-code images (needs a Docker engine)"
@@ -80,6 +81,13 @@ serve: setup
 # Keras-predict baseline (after `make demo`); QUICK=1 for a smoke run; BENCH_ARGS for more.
 bench: setup
 	$(SERVE_WORKERS) $(UV) run --frozen python -m bench $(if $(QUICK),--quick) $(BENCH_ARGS)
+
+# This checkout's service against another checkout's, in interleaved rounds (bench/ab.py):
+# BASELINE is a checkout of the code to compare with (a git worktree), set up, with its own
+# `make demo` data in BASELINE/data.
+bench-ab: setup
+	@[ -n "$(BASELINE)" ] || { echo "usage: make bench-ab BASELINE=<checkout to compare with>"; exit 2; }
+	$(SERVE_WORKERS) $(UV) run --frozen python -m bench.ab --baseline $(BASELINE) $(BENCH_ARGS)
 
 # Predictions alone and with feedback that waits for the log alongside: one and two workers.
 bench-interference: setup

@@ -239,8 +239,14 @@ def histogram_delta(before: Scrape, after: Scrape, name: str, **match: str) -> d
 
 
 # -- a BentoML service as a real server -----------------------------------------------------------
-def bentoml_command() -> list[str]:
-    """``bentoml`` of this interpreter's environment."""
+def bentoml_command(root: Path = PROJECT_ROOT) -> list[str]:
+    """``bentoml`` of this interpreter's environment; for another checkout ``root``, of its own
+    environment (``root/.venv``, which its ``make setup`` creates)."""
+    if root.resolve() != PROJECT_ROOT.resolve():
+        exe = root / ".venv" / "bin" / "bentoml"
+        if not exe.exists():
+            raise FileNotFoundError(f"{exe} not found: run `make setup` in {root} first")
+        return [str(exe)]
     exe = Path(sys.executable).with_name("bentoml")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "bentoml"]
 
@@ -266,12 +272,19 @@ def service_env(
 
 class ServerProcess:
     """``bentoml serve <target>`` on a free loopback port, in its own process group, with its own
-    environment; ready once ``/readyz`` answers 200."""
+    environment; ready once ``/readyz`` answers 200. ``root`` is the checkout whose code it serves
+    (this one by default)."""
 
     def __init__(
-        self, target: str, env: dict[str, str], log_path: Path, name: str | None = None, workers: int | None = None
+        self,
+        target: str,
+        env: dict[str, str],
+        log_path: Path,
+        name: str | None = None,
+        workers: int | None = None,
+        root: Path = PROJECT_ROOT,
     ) -> None:
-        self.target, self.env, self.log_path = target, env, log_path
+        self.target, self.env, self.log_path, self.root = target, env, log_path, root
         self.workers = workers  # how many worker processes to wait for (None: the first is enough)
         self.name = name or target
         self.port = free_port()
@@ -284,12 +297,12 @@ class ServerProcess:
         return f"http://{HOST}:{self.port}"
 
     def start(self) -> ServerProcess:
-        command = [*bentoml_command(), "serve", self.target, "--host", HOST, "--port", str(self.port)]
+        command = [*bentoml_command(self.root), "serve", self.target, "--host", HOST, "--port", str(self.port)]
         env = {
             **self.env,
-            "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), self.env.get("PYTHONPATH")) if p),
+            "PYTHONPATH": os.pathsep.join(p for p in (str(self.root), self.env.get("PYTHONPATH")) if p),
         }
-        self.group = ProcessGroup.start(command, self.log_path, cwd=PROJECT_ROOT, env=env)
+        self.group = ProcessGroup.start(command, self.log_path, cwd=self.root, env=env)
         return self
 
     def wait_ready(self, timeout: float = 240.0, workers: int | None = None) -> ServerProcess:
