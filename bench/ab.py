@@ -168,6 +168,8 @@ def measure_round(side: Side, name: str, run: Run, seconds: float) -> Measured:
         measure(server, lambda: lg.open_loop(HOST, server.port, single, RATE, seconds, name=f"{label} 300/s"))
     )
     before = side.settled_log() if name == "service" else None
+    if name == "service" and before is None:
+        print(f"WARNING: {label}: no prediction log under {side.scratch}; its batches count as answered", flush=True)
     batch_phase = run.add(
         measure(
             server,
