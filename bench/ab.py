@@ -40,7 +40,6 @@ import os
 import shutil
 import sqlite3
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,9 +47,10 @@ from pathlib import Path
 
 from bench import loadgen as lg
 from bench.flights import batch_requests, predict_requests, sample_flights, store_instant
-from bench.harness import HOST, ServerProcess, service_env, unwind_on_sigterm
+from bench.harness import HOST, ServerProcess, scratch_data_folder, service_env, unwind_on_sigterm
 from bench.phases import Phase, Run, measure, warm_up
 from bench.report import HEADER, print_row
+from flight_delay.model import MODEL_NAME
 from flight_delay.paths import PROJECT_ROOT, DataLayout
 
 SERVICE = "serving.service:FlightDelayService"
@@ -122,12 +122,11 @@ class Side:
     rounds: Rounds = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if not (self.layout.bentoml_home / "champions").exists():
-            raise SystemExit(f"{self.label}: no champion under {self.layout.bentoml_home}: run `make demo` there first")
+        champions = self.layout.bentoml_home / "champions" / f"{MODEL_NAME}.jsonl"
+        if not champions.exists():
+            raise SystemExit(f"{self.label}: {champions} does not exist: no champion; run `make demo` there first")
         self.flights = sample_flights(store_instant(self.layout))
-        self.scratch = Path(tempfile.mkdtemp(prefix=f"flight-delay-ab-{self.label}-"))
-        for name in ("bentoml", "feast"):
-            (self.scratch / name).symlink_to(self.layout.root / name, target_is_directory=True)
+        self.scratch = scratch_data_folder(self.layout, f"flight-delay-ab-{self.label}-")
 
     def start(self, name: str, target: str, args: argparse.Namespace) -> ServerProcess:
         env = service_env(self.scratch, self.scratch / f"bentoml-home-{name}", floor_answers=args.floor_answers)
@@ -140,7 +139,7 @@ class Side:
 
     def logged(self) -> int | None:
         """The prediction log's last row number (rows are only added here), None without a log."""
-        path = self.scratch / "prediction_log" / "predictions.db"
+        path = DataLayout(self.scratch).prediction_log
         if not path.exists():
             return None
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as conn:
@@ -220,17 +219,17 @@ def summarize(this: Rounds, baseline: Rounds, with_floor: bool) -> dict[str, dic
     median (printed; above 1 is better for this checkout)."""
     out: dict[str, dict[str, float]] = {}
     print(f"\n{'figure':<34}{'baseline':>10}{'this':>10}   ratio this/baseline per round (>1: this is better); median")
-    rows: list[tuple[str, Figure, Callable[[dict[str, dict[str, float]]], float]]] = [
-        (f.name, f, lambda figs, f=f: figs["service"][f.name]) for f in FIGURES
+    # (row, whether higher is better, its value in a round's figures). A service/floor ratio is
+    # oriented already (above 1 is better).
+    rows: list[tuple[str, bool, Callable[[dict[str, dict[str, float]]], float]]] = [
+        (f.name, f.higher_is_better, lambda figs, f=f: figs["service"][f.name]) for f in FIGURES
     ]
     if with_floor:
-        rows += [(f"{f.name} service/floor", f, lambda figs, f=f: _floor_ratio(figs, f)) for f in FIGURES]
-    for name, f, value in rows:
+        rows += [(f"{f.name} service/floor", True, lambda figs, f=f: _floor_ratio(figs, f)) for f in FIGURES]
+    for name, higher_is_better, value in rows:
         b = [value(r) for r in baseline]
         t = [value(r) for r in this]
-        floor_row = name.endswith("service/floor")
-        # A service/floor ratio is oriented already (above 1 is better): compare it as "higher is better".
-        ratios = [_ratio(x, y, True if floor_row else f.higher_is_better) for x, y in zip(t, b)]
+        ratios = [_ratio(x, y, higher_is_better) for x, y in zip(t, b)]
         med = {"baseline": statistics.median(b), "this": statistics.median(t), "ratio": statistics.median(ratios)}
         out[name] = med
         per_round = " ".join(f"{r:.2f}" for r in ratios)

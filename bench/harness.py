@@ -14,12 +14,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
 from flight_delay.monitoring import Scrape, parse_metrics
-from flight_delay.paths import PROJECT_ROOT
+from flight_delay.paths import PROJECT_ROOT, DataLayout
 
 HOST = "127.0.0.1"
 PORT_ATTEMPTS = 3  # ports a server is started on before a bind failure is reported
@@ -268,6 +269,15 @@ def service_env(
     )
     env.update({f"FLIGHT_DELAY_{k.upper()}": str(v) for k, v in settings.items()})
     return env
+
+
+def scratch_data_folder(layout: DataLayout, prefix: str) -> Path:
+    """A throwaway data folder for a server under test: ``layout``'s model registry and Feast state
+    linked in, a prediction log of its own (the caller removes the folder)."""
+    scratch = Path(tempfile.mkdtemp(prefix=prefix))
+    for name in ("bentoml", "feast"):
+        (scratch / name).symlink_to(layout.root / name, target_is_directory=True)
+    return scratch
 
 
 class ServerProcess:

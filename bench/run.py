@@ -54,7 +54,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +61,15 @@ from typing import Any
 
 from bench import loadgen as lg
 from bench.flights import batch_requests, predict_requests, sample_flights, store_instant
-from bench.harness import HOST, ServerProcess, histogram_delta, other_load, service_env, unwind_on_sigterm
+from bench.harness import (
+    HOST,
+    ServerProcess,
+    histogram_delta,
+    other_load,
+    scratch_data_folder,
+    service_env,
+    unwind_on_sigterm,
+)
 from bench.phases import SLO_P99_MS, Phase, Run, find_max_rate, generator_floor, measure, warm_up
 from bench.report import (
     HEADER,
@@ -160,10 +167,7 @@ class Bench:
         self.servers: list[ServerProcess] = []
         self.instant = store_instant(layout)
         self.flights = sample_flights(self.instant)
-        # A throwaway data folder: the real registry and Feast state, a fresh prediction log.
-        self.scratch = Path(tempfile.mkdtemp(prefix="flight-delay-bench-"))
-        for name in ("bentoml", "feast"):
-            (self.scratch / name).symlink_to(layout.root / name, target_is_directory=True)
+        self.scratch = scratch_data_folder(layout, "flight-delay-bench-")
 
     def server(self, target: str, name: str, **extra_env: str) -> ServerProcess:
         env = service_env(self.scratch, self.scratch / f"bentoml-home-{name}") | extra_env
