@@ -134,16 +134,18 @@ def write_transaction(conn: Connection) -> Iterator[Connection]:
         raise
 
 
-def _indexes(conn: sqlite3.Connection) -> set[str]:
+def _indexes(conn: Connection) -> set[str]:
+    if db.is_postgres(conn):  # the catalog: reading it locks no table
+        return {row[0] for row in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")}
     return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
 
 
-def _missing_indexes(conn: sqlite3.Connection) -> list[str]:
+def _missing_indexes(conn: Connection) -> list[str]:
     have = _indexes(conn)
     return [name for name in _INDEXES if name not in have]
 
 
-def _obsolete_indexes(conn: sqlite3.Connection) -> list[str]:
+def _obsolete_indexes(conn: Connection) -> list[str]:
     have = _indexes(conn)
     return [name for name in _OBSOLETE_INDEXES if name in have]
 
@@ -184,19 +186,26 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
 
 
 def _open_postgres(url: str) -> Any:
-    """A connection to the log in PostgreSQL, its tables and indexes created if need be."""
+    """A connection to the log in PostgreSQL, its tables and indexes created if need be.
+
+    Only what is missing is created, and what is there is found in the catalog. ``CREATE INDEX IF
+    NOT EXISTS`` locks its table against writes before it finds the index there, so a replica
+    that ran it while another replica was logging waited for that writer's transaction, holding
+    the locks of the statements before it, and the two deadlocked when that writer went on to the
+    other table."""
     conn = db.connect_postgres(url)
     try:
         with write_transaction(conn):
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            for statement in _POSTGRES_TABLES.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            for name in _OBSOLETE_INDEXES:
-                conn.execute(f"DROP INDEX IF EXISTS {name}")
-            for name, spec in _INDEXES.items():
+            if not (db.columns(conn, "predictions") and db.columns(conn, "feedback")):
+                for statement in _POSTGRES_TABLES.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            for name in _obsolete_indexes(conn):
+                conn.execute(f"DROP INDEX {name}")
+            for name in _missing_indexes(conn):
                 unique = "UNIQUE " if name in _UNIQUE else ""
-                conn.execute(f"CREATE {unique}INDEX IF NOT EXISTS {name} {spec}")
+                conn.execute(f"CREATE {unique}INDEX {name} {_INDEXES[name]}")
     except BaseException:
         conn.close()
         raise

@@ -141,6 +141,28 @@ def test_a_postgres_database_the_service_never_wrote_to_is_an_empty_log(postgres
     assert frame.empty and list(frame.columns) == BASE
 
 
+def test_a_replica_opens_a_postgres_log_while_another_replica_is_writing_to_it(postgres_url):
+    """A replica that starts (or opens its second connection) while another one is in the middle
+    of a write transaction must not wait for it: ``CREATE INDEX IF NOT EXISTS`` on tables that
+    already had their indexes locked them against writes first, so the opener waited for the
+    writer, and the two deadlocked when the writer then wrote to the table the opener had locked
+    (CI, test_replicas: "deadlock detected"). The opener is given a lock timeout instead of a
+    deadlock, so the test fails at once on that code."""
+    import psycopg
+
+    open_for_writing(postgres_url).close()  # the first replica created the tables
+    with closing(psycopg.connect(postgres_url, autocommit=True)) as writer:
+        writer.execute("BEGIN")
+        writer.execute(
+            "INSERT INTO predictions (request_id, predicted_at, flight_key, model_version, variant, probability, "
+            "features) VALUES ('r1', 0, 'k', 'v1', 'champion', 0.5, '{}')"
+        )
+        opener = open_for_writing(f"{postgres_url}?options=-c%20lock_timeout%3D2000")
+        opener.close()
+        writer.execute("COMMIT")
+    assert len(read_log(postgres_url)) == 1
+
+
 def test_a_file_that_is_not_sqlite_is_refused(tmp_path):
     path = tmp_path / "predictions.db"
     path.write_bytes(b"this is not a database\n" * 200)
