@@ -5,8 +5,9 @@ No Dagster here: the sensors in ``pipeline/sensors.py`` read their inputs (drift
 prediction log's data time, paired outcomes), call these functions and act on what they return.
 
 - Drift (:func:`drift_trigger`): per feature, one statistic of the champion's live values against
-  its reference (``psi``, ``js`` or ``chi2`` above ``threshold``; ``p_value`` below it), only
-  features with at least ``min_count`` values; at least ``min_features`` of them must cross, and
+  its reference (``psi``, ``js`` or ``chi2`` above ``threshold``; ``p_value`` below it), over the
+  latest data days that hold ``min_count`` values (:func:`latest_window`), only features with at
+  least ``min_count`` values; at least ``min_features`` of them must cross, and
   no trigger within ``cooldown`` of the last one, counted in DATA time (the prediction log's
   prediction times), so that a replay at any speed behaves like real time.
 - Challenger (:func:`challenger_decision`): :mod:`flight_delay.sequential` on the paired per-flight
@@ -171,6 +172,29 @@ def assess_drift(
 
 def _has(row: Any, name: str) -> bool:
     return name in row if isinstance(row, Mapping) else hasattr(row, name)
+
+
+def latest_window(
+    days: Mapping[str, Mapping[tuple[str, str], float]], min_count: int
+) -> tuple[dict[tuple[str, str], float], list[str]]:
+    """The drift window over live counts kept by data day (``days[day][(feature, bin)]``): the
+    newest days, back to the first that gives some feature ``min_count`` values (all of them when
+    none has that many yet). Returns the window's counts and the days it spans, oldest first; a
+    day older than those will never be judged again and can be forgotten.
+
+    A sliding window: when the cooldown ends, drift is judged at once on the latest ``min_count``
+    values, not on a window that started filling at some earlier judgement."""
+    counts: dict[tuple[str, str], float] = {}
+    totals: dict[str, float] = {}
+    spanned: list[str] = []
+    for day in sorted(days, reverse=True):
+        spanned.append(day)
+        for (feature, b), n in days[day].items():
+            counts[(feature, b)] = counts.get((feature, b), 0.0) + n
+            totals[feature] = totals.get(feature, 0.0) + n
+        if max(totals.values(), default=0.0) >= min_count:
+            break
+    return counts, spanned[::-1]
 
 
 def drift_trigger(

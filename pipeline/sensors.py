@@ -31,6 +31,8 @@ from flight_delay.loop import (
     Trigger,
     assess_drift,
     challenger_decision,
+    latest_window,
+    local_day,
     rollback_decision,
 )
 from flight_delay.model import MODEL_NAME
@@ -58,20 +60,42 @@ def default_status(running_unless_switched: bool) -> dg.DefaultSensorStatus:
 @dataclass
 class DriftCursor:
     """``last_trigger``: data time of the last requested retraining (the cooldown counts from it);
-    ``model``: the champion the pending counts belong to; ``pending``: feature-bin counts read since
-    the current window began (windows of a source whose reads are disjoint are added up until a
-    feature has ``min_count`` values)."""
+    ``model``: the champion the kept counts belong to; ``days``: its feature-bin counts by the
+    local data day they were read in, ``{day: {feature: {bin: count}}}``, the days of the latest
+    window only (:func:`flight_delay.loop.latest_window`; a source whose reads are disjoint is
+    added up day by day, a sliding source is judged read by read and keeps nothing)."""
 
     last_trigger: str | None = None
     model: str | None = None
-    pending: list[list[Any]] = field(default_factory=list)  # [feature, bin, count]
+    days: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     run_key: str | None = None  # the last retraining requested
     failures: int = 0  # how many requested retrainings in a row failed (each doubles the cooldown)
     failed_run: str | None = None  # the run id of the last failure counted
 
     @classmethod
     def from_json(cls, text: str | None) -> DriftCursor:
-        return cls(**json.loads(text)) if text else cls()
+        if not text:
+            return cls()
+        fields = json.loads(text)
+        # A cursor written before the window slid by day kept undated counts: they are let go,
+        # and the window fills again from the next reads.
+        fields.pop("pending", None)
+        return cls(**fields)
+
+    def counts_by_day(self) -> dict[str, dict[tuple[str, str], float]]:
+        return {
+            day: {(f, b): float(n) for f, bins in features.items() for b, n in bins.items()}
+            for day, features in self.days.items()
+        }
+
+    @staticmethod
+    def keep(days: dict[str, dict[tuple[str, str], float]]) -> dict[str, dict[str, dict[str, float]]]:
+        """``days`` in the cursor's form (counts are whole numbers, written without a fraction)."""
+        kept: dict[str, dict[str, dict[str, float]]] = {}
+        for day, counts in sorted(days.items()):
+            for (f, b), n in sorted(counts.items()):
+                kept.setdefault(day, {}).setdefault(f, {})[b] = int(n) if float(n).is_integer() else n
+        return kept
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
@@ -142,7 +166,8 @@ def build_drift_retraining_sensor(
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status(running_unless_switched=False),
         description=f"Retrain when the champion's features drift: {policy.statistic} beyond {policy.threshold} on "
-        f"{policy.min_features}+ features with {policy.min_count}+ live values, at most once per "
+        f"{policy.min_features}+ features, judged on the latest data days holding {policy.min_count}+ live values, "
+        "at most once per "
         f"{policy.cooldown} of data time; trains on the {window.train_days} days before a "
         f"{window.evaluation_days}-day evaluation ending the day before the data time.",
     )
@@ -161,12 +186,18 @@ def build_drift_retraining_sensor(
         if data_time is None:
             return dg.SensorResult(skip_reason="the prediction log is empty: no data time", cursor=cursor.to_json())
         read = drift_metrics_source.window()
-        counts: dict[tuple[str, str], float] = {}
-        if cursor.model == champion and drift_metrics_source.disjoint_windows():
-            counts = {(f, b): float(n) for f, b, n in cursor.pending}
-        for (model, feature, b), n in read.feature_bins.items():
-            if model == champion:
-                counts[(feature, b)] = counts.get((feature, b), 0.0) + n
+        now = {(feature, b): float(n) for (model, feature, b), n in read.feature_bins.items() if model == champion}
+        kept: dict[str, dict[tuple[str, str], float]] = {}
+        if drift_metrics_source.disjoint_windows():
+            # Reads add up by data day; drift is judged on the latest days that hold the minimum.
+            days = cursor.counts_by_day() if cursor.model == champion else {}
+            today = days.setdefault(local_day(data_time).isoformat(), {})
+            for key, n in now.items():
+                today[key] = today.get(key, 0.0) + n
+            counts, spanned = latest_window(days, policy.min_count)
+            kept = {day: days[day] for day in spanned}
+        else:
+            counts = now  # a sliding window of its own
         bins = {(champion, f, b): n for (f, b), n in counts.items()}
         rows = drift_rows(CounterWindow(feature_bins=bins), {champion: read_reference(registry.model_dir(champion))})
         last = datetime.fromisoformat(cursor.last_trigger) if cursor.last_trigger else None
@@ -179,12 +210,10 @@ def build_drift_retraining_sensor(
         trigger, reason = assess_drift(rows, judged_by, data_time, last, champion)
         if failed:
             reason = f"{reason}; {failed} (cooldown now {judged_by.cooldown})"
-        judged = any(r.n >= policy.min_count for r in rows)  # a full window starts a new one
-        pending = [] if judged or not drift_metrics_source.disjoint_windows() else [[*k, n] for k, n in counts.items()]
+        after = replace(cursor, model=champion, days=DriftCursor.keep(kept))
         if trigger is None:
-            after = replace(cursor, model=champion, pending=sorted(pending))
             return dg.SensorResult(skip_reason=reason, cursor=after.to_json())
-        after = replace(cursor, last_trigger=data_time.isoformat(), model=champion, pending=[], run_key=trigger.run_key)
+        after = replace(after, last_trigger=data_time.isoformat(), run_key=trigger.run_key)
         context.log.info(f"retraining requested: {reason}")
         request = dg.RunRequest(
             run_key=trigger.run_key,

@@ -22,6 +22,7 @@ from flight_delay.loop import (
     assess_drift,
     challenger_decision,
     drift_trigger,
+    latest_window,
     rollback_decision,
 )
 from flight_delay.monitoring import DriftRow
@@ -240,3 +241,18 @@ def test_a_new_champion_worse_by_less_than_the_margin_is_never_rolled_back():
     # Worse by more than the margin: the same test rolls it back.
     _, worse = rollback_decision(None, _outcomes(new_p, new_p * math.exp(0.05), late))
     assert worse.action == "rollback"
+
+
+def test_the_drift_window_is_the_newest_days_back_to_the_minimum():
+    days = {
+        "2013-05-08": {("temp", "0"): 400.0},
+        "2013-05-10": {("temp", "0"): 100.0, ("temp", "1"): 100.0},
+        "2013-05-09": {("temp", "1"): 250.0, ("wind_speed", "0"): 250.0},
+    }
+    counts, spanned = latest_window(days, 450)
+    assert spanned == ["2013-05-09", "2013-05-10"]  # 200 + 250 temp values: the 8th is not needed
+    assert counts == {("temp", "0"): 100.0, ("temp", "1"): 350.0, ("wind_speed", "0"): 250.0}
+    counts, spanned = latest_window(days, 451)
+    assert spanned == ["2013-05-08", "2013-05-09", "2013-05-10"] and counts[("temp", "0")] == 500.0
+    assert latest_window(days, 10_000)[1] == sorted(days)  # none holds the minimum yet: all are kept
+    assert latest_window({}, 1) == ({}, [])

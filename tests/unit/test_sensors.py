@@ -139,16 +139,51 @@ def test_drift_without_enough_values_is_pooled_over_ticks_until_the_minimum(home
     assert not again.run_requests and "500 live values" in again.skip_reason.skip_message
 
 
-def test_a_full_window_without_drift_starts_a_new_one(home, registry, log_path):
+def test_drift_is_judged_on_the_latest_days_that_hold_the_minimum(home, registry, log_path):
     (a,) = _models(registry, 1)
     registry.promote(MODEL_NAME, a, "first", None)
     _log_at(log_path, a, AT)
     sensor = build_drift_retraining_sensor()
     calm = _tick(sensor, _resources(home, log_path, _window(a, 1000, drifted=False)))
     assert not calm.run_requests and "0 of 2 features" in calm.skip_reason.skip_message
-    assert DriftCursor.from_json(calm.cursor).pending == []
-    # 400 drifted values alone are too few: the calm 1,000 were judged and are not pooled with them.
-    assert not _tick(sensor, _resources(home, log_path, _window(a, 400)), calm.cursor).run_requests
+    assert set(DriftCursor.from_json(calm.cursor).days) == {"2013-05-10"}
+    # The next day 400 drifted values are too few alone: the window reaches back over the calm day.
+    _log_at(log_path, a, AT + timedelta(days=1), first=1)
+    mixed = _tick(sensor, _resources(home, log_path, _window(a, 400)), calm.cursor)
+    assert not mixed.run_requests and "0 of 2 features" in mixed.skip_reason.skip_message
+    # 200 more drifted values that day: the latest day holds the minimum on its own, and the calm
+    # day falls out of the window and out of the cursor.
+    drifted = _tick(sensor, _resources(home, log_path, _window(a, 200)), mixed.cursor)
+    (request,) = drifted.run_requests
+    assert "n=600" in request.tags["flight_delay/drift.temp"]
+    assert set(DriftCursor.from_json(drifted.cursor).days) == {"2013-05-11"}
+
+
+def test_when_the_cooldown_ends_drift_is_judged_at_once_on_the_latest_values(home, registry, log_path):
+    """Windows judged during the cooldown are not started over: the first tick after it judges the
+    latest days, however few values that tick read."""
+    (a,) = _models(registry, 1)
+    registry.promote(MODEL_NAME, a, "first", None)
+    _log_at(log_path, a, AT)
+    sensor = build_drift_retraining_sensor()
+    cursor = _tick(sensor, _resources(home, log_path, _window(a, 1000))).cursor
+    for day in range(1, 7):  # a week of drifted days, 300 values each, while cooling down
+        _log_at(log_path, a, AT + timedelta(days=day), first=day)
+        cooling = _tick(sensor, _resources(home, log_path, _window(a, 300)), cursor)
+        assert not cooling.run_requests and "cooling down" in cooling.skip_reason.skip_message
+        cursor = cooling.cursor
+    _log_at(log_path, a, AT + timedelta(days=7), first=7)
+    (request,) = _tick(sensor, _resources(home, log_path, _window(a, 100)), cursor).run_requests
+    assert ":2013-05-17:" in request.run_key and "n=700" in request.tags["flight_delay/drift.temp"]
+
+
+def test_a_cursor_from_before_the_sliding_window_is_read_and_its_counts_let_go(home, registry, log_path):
+    (a,) = _models(registry, 1)
+    registry.promote(MODEL_NAME, a, "first", None)
+    _log_at(log_path, a, AT)
+    old = json.dumps({"last_trigger": None, "model": a, "pending": [["temp", "0", 450.0]], "run_key": None})
+    result = _tick(build_drift_retraining_sensor(), _resources(home, log_path, _window(a, 300)), old)
+    assert not result.run_requests and "500 live values" in result.skip_reason.skip_message
 
 
 def test_the_cooldown_counts_in_the_logs_data_time(home, registry, log_path):
