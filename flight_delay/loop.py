@@ -278,7 +278,8 @@ class RollbackPolicy:
 @dataclass(frozen=True)
 class RollbackDecision:
     """``mean_excess``, ``lower``, ``upper``: the new champion's mean log loss minus the previous
-    champion's on the same flights, and its always-valid bounds, after ``n`` flights."""
+    champion's on the same flights, and its always-valid bounds, after ``n`` flights;
+    ``evidence_worse`` and ``evidence_not_worse``: the betting tests' e-values (1/alpha decides)."""
 
     action: Literal["rollback", "keep", "continue"]
     reason: str
@@ -286,6 +287,8 @@ class RollbackDecision:
     mean_excess: float
     lower: float
     upper: float
+    evidence_worse: float = 1.0
+    evidence_not_worse: float = 1.0
 
 
 def paired_losses(outcomes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -322,24 +325,31 @@ def rollback_decision(
 ) -> tuple[SequentialState, RollbackDecision]:
     """The guard after the new paired outcomes: ``champion_p`` the new champion's probability,
     ``challenger_p`` the previous champion's shadow probability. Rolls back when the new
-    champion's loss exceeds the previous one's by more than ``margin`` (always-valid lower bound
-    above it)."""
+    champion's loss exceeds the previous one's by more than ``margin`` (the betting test's
+    evidence reaching 1/alpha)."""
     config = policy.test_config()
     state = _advance(state, outcomes, config)
     d = sequential.decide(state, config)
     action = {"promote": "rollback", "retire": "keep", "continue": "continue"}[d.action]
-    figures = f"new champion's mean log-loss excess {d.mean_difference:+.4f}, bounds [{d.lower:+.4f}, {d.upper:+.4f}]"
+    figures = (
+        f"new champion's mean log-loss excess {d.mean_difference:+.4f} after {d.n} paired flights; betting "
+        f"evidence {d.evidence_better:.3g} that it is worse by more than {policy.margin}, {d.evidence_not_better:.3g} "
+        f"that it is not (1/alpha = {1 / config.alpha:.3g} decides); always-valid bounds "
+        f"[{d.lower:+.4f}, {d.upper:+.4f}]"
+    )
     if d.n < config.min_samples:
         reason = f"waiting for {config.min_samples} labelled flights, {d.n} so far; {figures}"
     elif action == "rollback":
         reason = f"new champion worse than the previous by more than {policy.margin} in log loss; {figures}"
-    elif action == "keep" and d.upper <= policy.margin:
+    elif action == "keep" and d.evidence_not_better >= 1 / config.alpha:
         reason = f"new champion shown not worse than the previous by more than {policy.margin}; {figures}"
     elif action == "keep":
         reason = f"not shown worse within {config.max_samples} labelled flights; {figures}"
     else:
         reason = f"undecided after {d.n} flights; {figures}"
-    return state, RollbackDecision(action, reason, d.n, d.mean_difference, d.lower, d.upper)
+    return state, RollbackDecision(
+        action, reason, d.n, d.mean_difference, d.lower, d.upper, d.evidence_better, d.evidence_not_better
+    )
 
 
 # -- configuration ---------------------------------------------------------------------------

@@ -284,6 +284,18 @@ def _read_pair(
     return cursor, outcomes
 
 
+def _test_state(context: dg.SensorEvaluationContext, cursor: TestCursor) -> SequentialState | None:
+    """The pair's test so far; None (a fresh test on the outcomes from here on) for a cursor an
+    older version of the test wrote, with a warning: its evidence cannot be carried over."""
+    if not cursor.state:
+        return None
+    try:
+        return SequentialState.from_json(cursor.state)
+    except (ValueError, TypeError, KeyError) as exc:
+        context.log.warning(f"restarting the test of {cursor.challenger} against {cursor.champion}: {exc}")
+        return None
+
+
 def _judge(
     context: dg.SensorEvaluationContext,
     state: RegistryState,
@@ -297,7 +309,7 @@ def _judge(
     cursor, outcomes = _read_pair(context, state, log)
     if cursor.requested:
         return dg.SensorResult(skip_reason=f"{cursor.requested} already requested", cursor=cursor.to_json())
-    test, decision = decide(SequentialState.from_json(cursor.state) if cursor.state else None, outcomes, policy)
+    test, decision = decide(_test_state(context, cursor), outcomes, policy)
     cursor.state = test.to_json()
     if decision.action == "continue":
         return dg.SensorResult(skip_reason=decision.reason, cursor=cursor.to_json())
@@ -308,6 +320,7 @@ def _judge(
         difference: getattr(decision, difference),
         "lower": decision.lower,
         "upper": decision.upper,
+        **{k: v for k, v in vars(decision).items() if k.startswith("evidence_")},
         "margin": policy.margin,
         "alpha": policy.alpha,
     }

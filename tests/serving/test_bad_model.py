@@ -126,10 +126,11 @@ def test_a_bad_model_forced_into_champion_is_rolled_back_by_the_loop_with_no_fai
     assert state.champion == good and bad in state.barred and state.challenger is None
     assert failed == 0, f"{failed} of {calls} requests failed"
     assert POLICY.min_samples <= figures["n"] < MOST_LABELLED
-    assert figures["lower"] > POLICY.margin, figures
+    assert figures["evidence_worse"] >= 1 / POLICY.alpha, figures
     print(
         f"\nbad model rolled back after {figures['n']} labelled predictions ({labelled} answered with the guard's "
         f"figure; mean log-loss excess "
-        f"{figures['mean_excess']:+.4f}, lower bound {figures['lower']:+.4f}); decided {decided:.1f} s after the "
+        f"{figures['mean_excess']:+.4f}, betting evidence {figures['evidence_worse']:.3g}, lower bound "
+        f"{figures['lower']:+.4f}); decided {decided:.1f} s after the "
         f"first prediction, the service followed the rollback in {followed:.2f} s; {calls} requests, {failed} failed"
     )

@@ -190,14 +190,14 @@ def test_a_clearly_better_challenger_is_promoted_once_enough_flights_are_labelle
     early, _ = challenger_decision(None, _outcomes(0.3, _sharp(late), late)[:150])
     assert challenger_decision(early, _outcomes(0.3, 0.3, late)[:0])[1].action == "continue"  # 150 < 200
     state, decision = challenger_decision(None, _outcomes(0.3, _sharp(late), late))
-    assert decision.action == "promote" and decision.n == 400 and decision.lower > 0
+    assert decision.action == "promote" and decision.n == 400 and decision.evidence_better >= 20
     assert "challenger better" in decision.reason
 
 
 def test_a_clearly_worse_challenger_is_retired():
     late = _late(400)
     _, decision = challenger_decision(None, _outcomes(_sharp(late), 0.3, late))
-    assert decision.action == "retire" and decision.upper <= 0
+    assert decision.action == "retire" and decision.evidence_not_better >= 20 and decision.n < 20_000
 
 
 def test_batches_give_the_same_decision_as_one_batch():
@@ -210,6 +210,7 @@ def test_batches_give_the_same_decision_as_one_batch():
     assert state.streams[0].n == whole.streams[0].n == 500
     assert (d1.action, d1.n) == (d2.action, d2.n)
     assert (d2.mean_difference, d2.lower, d2.upper) == pytest.approx((d1.mean_difference, d1.lower, d1.upper))
+    assert (d2.evidence_better, d2.evidence_not_better) == pytest.approx((d1.evidence_better, d1.evidence_not_better))
 
 
 def test_a_much_worse_new_champion_is_rolled_back_at_the_minimum_sample_and_not_before():
@@ -220,13 +221,13 @@ def test_a_much_worse_new_champion_is_rolled_back_at_the_minimum_sample_and_not_
     _, before = rollback_decision(None, frame[:299], policy)
     assert before.action == "continue" and "waiting for 300" in before.reason
     _, decision = rollback_decision(None, frame, policy)
-    assert decision.action == "rollback" and decision.lower > 0.02 and decision.mean_excess > 0.3
+    assert decision.action == "rollback" and decision.evidence_worse >= 20 and decision.mean_excess > 0.3
 
 
 def test_a_better_new_champion_is_kept():
     late = _late(600)
     _, decision = rollback_decision(None, _outcomes(_sharp(late, 0.9), 0.5, late))
-    assert decision.action == "keep" and decision.upper <= 0.02
+    assert decision.action == "keep" and decision.evidence_not_worse >= 20 and "shown not worse" in decision.reason
 
 
 def test_a_new_champion_worse_by_less_than_the_margin_is_never_rolled_back():
