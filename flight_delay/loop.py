@@ -260,6 +260,63 @@ class ChallengerPolicy:
         return SequentialTestConfig(self.alpha, self.margin, self.min_samples, self.max_samples, futility=True)
 
 
+HOLD_OUT_TEST = "hold_out_test"  # the challenge event's detail holding the test's opening state
+HOLD_OUT_FLIGHTS = "hold_out_flights"
+
+
+def hold_out_test(
+    champion_p: Any,
+    challenger_p: Any,
+    late: Any,
+    champion_train_window: str | None,
+    evaluation_start: str,
+    policy: ChallengerPolicy = ChallengerPolicy(),
+) -> tuple[SequentialState | None, str]:
+    """The challenger test's opening state: the paired losses of the offline gate's hold-out
+    flights (time order), or None, with why.
+
+    The hold-out is the first traffic neither model learned from when the champion's training
+    window (``first/last`` local days, its registry label) ended before ``evaluation_start``: the
+    challenger was trained on the days before it, and the live shadow pairs follow it. The bets
+    stay predictable and the gate only decides whether the test goes on (a stopping rule on the
+    same flights), so Ville's inequality still bounds a false promotion by alpha over the hold-out
+    and the live traffic together; the evidence the hold-out gives is not gathered twice on the
+    live traffic, which is what kept a fresher challenger waiting while the champion aged."""
+    if not champion_train_window or "/" not in champion_train_window:
+        return None, f"the champion has no training window label ({champion_train_window!r}): a fresh test"
+    trained_until = champion_train_window.split("/")[1]
+    if trained_until >= evaluation_start:
+        return None, (
+            f"the champion was trained until {trained_until}, not before the hold-out's first day "
+            f"{evaluation_start}: a fresh test on live traffic"
+        )
+    late = np.asarray(late).astype("int64")
+    state = sequential.start(policy.test_config(), "paired")
+    state = sequential.update(state, sequential.log_loss(champion_p, late), sequential.log_loss(challenger_p, late))
+    return state, f"opened on the {len(late)} hold-out flights from {evaluation_start}, after the champion's training"
+
+
+def opening_state(details: Mapping[str, Any], policy: ChallengerPolicy) -> tuple[SequentialState | None, str]:
+    """The opening state a challenge event recorded, if it is a test of ``policy`` (same alpha and
+    margin); else None and why (a fresh test on live traffic)."""
+    text = details.get(HOLD_OUT_TEST)
+    if not text:
+        return None, "no hold-out evidence recorded"
+    try:
+        state = SequentialState.from_json(text)
+    except (ValueError, TypeError, KeyError) as exc:
+        return None, f"the recorded hold-out evidence is not a test state of this version: {exc}"
+    config = policy.test_config()
+    if state.mode != "paired" or state.bets is None:
+        return None, f"the recorded hold-out evidence is a {state.mode} test, expected paired"
+    if (state.alpha, state.bets.margin) != (config.alpha, config.margin):
+        return None, (
+            f"the recorded hold-out evidence is a test at alpha {state.alpha}, margin {state.bets.margin}; "
+            f"the challenger sensor tests at alpha {config.alpha}, margin {config.margin}"
+        )
+    return state, f"opened on {state.bets.n} hold-out flights"
+
+
 @dataclass(frozen=True)
 class RollbackPolicy:
     """The new champion is rolled back once its mean log loss is shown higher than the previous

@@ -22,6 +22,7 @@ import dagster as dg
 
 from flight_delay.forward import read_reference
 from flight_delay.loop import (
+    HOLD_OUT_TEST,
     LOOP_CONFIG_ENV,
     ChallengerPolicy,
     DriftPolicy,
@@ -33,6 +34,7 @@ from flight_delay.loop import (
     challenger_decision,
     latest_window,
     local_day,
+    opening_state,
     rollback_decision,
 )
 from flight_delay.model import MODEL_NAME
@@ -236,6 +238,7 @@ class TestCursor:
     state: str | None = None
     since: float | None = None
     requested: str | None = None
+    opened: int = 0  # of the test's flights, how many came from the offline gate's hold-out
 
     @classmethod
     def for_pair(cls, text: str | None, champion: str, challenger: str) -> TestCursor:
@@ -284,16 +287,19 @@ def _read_pair(
     return cursor, outcomes
 
 
-def _test_state(context: dg.SensorEvaluationContext, cursor: TestCursor) -> SequentialState | None:
-    """The pair's test so far; None (a fresh test on the outcomes from here on) for a cursor an
-    older version of the test wrote, with a warning: its evidence cannot be carried over."""
+def _test_state(
+    context: dg.SensorEvaluationContext, cursor: TestCursor, opening: SequentialState | None = None
+) -> SequentialState | None:
+    """The pair's test so far: ``opening`` (None: a fresh test on the outcomes from here on) for
+    a new pair, and for a cursor an older version of the test wrote, with a warning: its evidence
+    cannot be carried over."""
     if not cursor.state:
-        return None
+        return opening
     try:
         return SequentialState.from_json(cursor.state)
     except (ValueError, TypeError, KeyError) as exc:
         context.log.warning(f"restarting the test of {cursor.challenger} against {cursor.champion}: {exc}")
-        return None
+        return opening
 
 
 def _judge(
@@ -303,13 +309,17 @@ def _judge(
     kind: str,
     decide: Callable[[SequentialState | None, Any, Any], tuple[SequentialState, Any]],
     policy: ChallengerPolicy | RollbackPolicy,
+    opening: SequentialState | None = None,
 ) -> dg.SensorResult:
-    """The champion/challenger pair's test after the outcomes that came since the cursor; a
-    decision run (once per pair and action) when the test decides. ``kind`` names the run key."""
+    """The champion/challenger pair's test after the outcomes that came since the cursor, opened
+    on ``opening`` (the offline gate's hold-out) if given; a decision run (once per pair and
+    action) when the test decides. ``kind`` names the run key."""
     cursor, outcomes = _read_pair(context, state, log)
     if cursor.requested:
         return dg.SensorResult(skip_reason=f"{cursor.requested} already requested", cursor=cursor.to_json())
-    test, decision = decide(_test_state(context, cursor), outcomes, policy)
+    if not cursor.state and opening is not None:
+        cursor.opened = opening.bets.n if opening.bets is not None else 0
+    test, decision = decide(_test_state(context, cursor, opening), outcomes, policy)
     cursor.state = test.to_json()
     if decision.action == "continue":
         return dg.SensorResult(skip_reason=decision.reason, cursor=cursor.to_json())
@@ -323,6 +333,7 @@ def _judge(
         **{k: v for k, v in vars(decision).items() if k.startswith("evidence_")},
         "margin": policy.margin,
         "alpha": policy.alpha,
+        "hold_out_flights": cursor.opened,
     }
     request = _decision_request(
         f"{kind}:{cursor.champion}:{cursor.challenger}:{decision.action}",
@@ -333,6 +344,25 @@ def _judge(
         figures,
     )
     return dg.SensorResult(run_requests=[request], cursor=cursor.to_json())
+
+
+def _opening(
+    context: dg.SensorEvaluationContext, state: RegistryState, registry: Any, policy: ChallengerPolicy
+) -> SequentialState | None:
+    """The test state the challenge event recorded on the offline gate's hold-out, if any and if
+    it is a test of ``policy``; None otherwise (said in the log when there was one to refuse)."""
+    assert state.challenger is not None
+    events = [
+        e
+        for e in registry.history(MODEL_NAME)
+        if e.action == "challenge" and e.tag == state.challenger.tag and e.previous == state.champion
+    ]
+    if not events:
+        return None
+    opening, why = opening_state(events[-1].details, policy)
+    if opening is None and HOLD_OUT_TEST in events[-1].details:
+        context.log.warning(f"the test of {state.challenger.tag} starts on live traffic alone: {why}")
+    return opening
 
 
 def build_challenger_sensor(
@@ -362,7 +392,15 @@ def build_challenger_sensor(
                 skip_reason=f"the challenger {state.challenger.tag} is the rollback guard: rollback_sensor judges it",
                 cursor=context.cursor,
             )
-        return _judge(context, state, prediction_log_db, "challenger", challenger_decision, policy)
+        return _judge(
+            context,
+            state,
+            prediction_log_db,
+            "challenger",
+            challenger_decision,
+            policy,
+            _opening(context, state, model_registry.registry(), policy),
+        )
 
     return challenger_sensor
 

@@ -1,6 +1,7 @@
 """Training set from the feature service, the trained model in the registry, the promotion."""
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
@@ -11,10 +12,11 @@ from pydantic import Field
 
 from features import FLIGHT_DELAY_SERVICE
 from features.retrieval import historical_features
-from flight_delay import feature_tables, schemas
+from flight_delay import feature_tables, schemas, sequential
 from flight_delay.evaluation import classification_metrics
 from flight_delay.flights import LOCAL_TZ
 from flight_delay.forward import ServingModel
+from flight_delay.loop import HOLD_OUT_FLIGHTS, HOLD_OUT_TEST, LOOP_CONFIG_ENV, LoopConfig, hold_out_test
 from flight_delay.model import FLIGHT_DELAY_FEATURES, MODEL_NAME, TrainingConfig
 from flight_delay.promotion import PromotionPolicy, decide_promotion
 from flight_delay.registry import ConflictError, fold
@@ -153,12 +155,31 @@ def model_promotion(
     champ = None
     if champion is not None and champion != candidate:
         held_out, y = evaluation_rows(training_set)
-        champ = classification_metrics(y, ServingModel(registry.model_dir(champion)).predict(held_out))
+        champion_p = ServingModel(registry.model_dir(champion)).predict(held_out)
+        champ = classification_metrics(y, champion_p)
     decision = decide_promotion(candidate, cand, champion, champ, PromotionPolicy(**config.model_dump()))
     # The run that decided, and the drift that asked for it (the drift sensor's run tags), go into
     # the registry's event and the metadata alike.
     trigger = {k: v for k, v in context.run.tags.items() if k.startswith(LOOP_TAG_PREFIX)}
-    details = {"dagster_run_id": context.run.run_id, **({"trigger": trigger} if trigger else {})}
+    details: dict[str, Any] = {"dagster_run_id": context.run.run_id, **({"trigger": trigger} if trigger else {})}
+    opening, opening_evidence = None, 1.0
+    if decision.promote and champion is not None:
+        # The challenger sensor's test opens on the hold-out's paired losses when the champion
+        # never learned from those flights (flight_delay.loop.hold_out_test says why that is valid).
+        policy = LoopConfig.load(os.environ.get(LOOP_CONFIG_ENV)).challenger
+        evaluation_start = training_set.loc[training_set["split"] == "evaluation", "sched_dep_ts"].min()
+        opening, why = hold_out_test(
+            champion_p,
+            ServingModel(registry.model_dir(candidate)).predict(held_out),
+            y,
+            registry.get(champion).info.labels.get("train_window"),
+            f"{evaluation_start.tz_convert(LOCAL_TZ):%Y-%m-%d}",
+            policy,
+        )
+        context.log.info(f"challenger test: {why}")
+        if opening is not None:
+            details |= {HOLD_OUT_TEST: opening.to_json(), HOLD_OUT_FLIGHTS: len(y)}
+            opening_evidence = sequential.decide(opening, policy.test_config()).evidence_better
     try:
         if decision.promote and champion is None:
             action = "promote"  # the very first model: nothing to prove itself against live
@@ -187,6 +208,8 @@ def model_promotion(
         figures = {"candidate_auc": cand["auc"], "candidate_log_loss": cand["log_loss"]}
         if champ is not None:
             figures |= {"champion_auc": champ["auc"], "champion_log_loss": champ["log_loss"]}
+        if opening is not None:
+            figures |= {"hold_out_flights": len(y), "hold_out_evidence_better": opening_evidence}
         context.log_event(
             dg.AssetMaterialization(
                 asset_key="model_decisions",

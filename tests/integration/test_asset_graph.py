@@ -11,6 +11,8 @@ import pytest
 from features import FLIGHT_DELAY_SERVICE
 from flight_delay.feature_tables import MAX_PLAUSIBLE_WIND_MPH, WEATHER_COLUMNS, request_time_features
 from flight_delay.flights import LOCAL_TZ
+from flight_delay.forward import ServingModel
+from flight_delay.loop import HOLD_OUT_FLIGHTS, ChallengerPolicy, hold_out_test, opening_state
 from flight_delay.model import FLIGHT_DELAY_FEATURES, MODEL_NAME
 from flight_delay.registry import ModelRegistry
 from tests.support.graph import DAILY, REFERENCE, TRAINING, Graph
@@ -189,3 +191,31 @@ def test_online_store_serves_what_training_saw(graph, source_dir, tmp_path):
     assert not mismatch, mismatch
     for c in ("plane_manufacturer", "plane_engine"):
         assert online[c].fillna("").tolist() == flights[c].fillna("").tolist()
+
+
+def test_a_challenger_that_passes_the_gate_records_its_test_opened_on_the_hold_out(graph):
+    registry = ModelRegistry(graph.data_dir / "bentoml")
+    champion = registry.champion(MODEL_NAME)
+    config = graph.training_config("2013-01-04", "2013-01-05", "2013-01-06", epochs=1)
+    config["ops"]["model_promotion"] = {"config": {"min_auc_gain": -1.0, "max_log_loss_increase": 10.0}}
+    del config["ops"]["training_set"]  # reuse the materialized training set
+    result = graph.run(["delay_model", "model_promotion"], run_config=config)
+    assert result.success
+    (decision,) = [
+        m.metadata
+        for m in result.asset_materializations_for_node("model_promotion")
+        if m.asset_key == dg.AssetKey("model_promotion")
+    ]
+    candidate = decision["candidate"].value
+    assert decision["decision"].value == "challenge" and registry.state(MODEL_NAME).challenger.tag == candidate
+    event = registry.history(MODEL_NAME)[-1]
+    assert (event.action, event.tag, event.previous) == ("challenge", candidate, champion)
+    opening, why = opening_state(event.details, ChallengerPolicy())
+    assert opening is not None, why
+    # The champion was trained until January 4: the hold-out of January 5-6 is new to both models,
+    # and the recorded test is the one their predictions on it give.
+    held_out = _training_rows(graph).query("split == 'evaluation'")
+    predictions = [ServingModel(registry.model_dir(t)).predict(held_out) for t in (champion, candidate)]
+    expected, _ = hold_out_test(*predictions, held_out["is_late"], "2013-01-01/2013-01-04", "2013-01-05")
+    assert event.details[HOLD_OUT_FLIGHTS] == len(held_out) == opening.bets.n
+    assert opening == expected

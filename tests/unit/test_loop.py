@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from flight_delay.loop import (
+    HOLD_OUT_TEST,
     SENSOR_INTERVALS,
     ChallengerPolicy,
     DriftPolicy,
@@ -22,10 +23,13 @@ from flight_delay.loop import (
     assess_drift,
     challenger_decision,
     drift_trigger,
+    hold_out_test,
     latest_window,
+    opening_state,
     rollback_decision,
 )
 from flight_delay.monitoring import DriftRow
+from flight_delay.sequential import decide
 
 MODEL = "flight_delay:new"
 AT = datetime(2013, 5, 10, 15, 0, tzinfo=UTC)  # data time: 11:00 in New York
@@ -257,3 +261,26 @@ def test_the_drift_window_is_the_newest_days_back_to_the_minimum():
     assert spanned == ["2013-05-08", "2013-05-09", "2013-05-10"] and counts[("temp", "0")] == 500.0
     assert latest_window(days, 10_000)[1] == sorted(days)  # none holds the minimum yet: all are kept
     assert latest_window({}, 1) == ({}, [])
+
+
+def test_the_challenger_test_opens_on_the_hold_out_only_if_the_champion_never_learned_from_it():
+    late = np.array([1, 0, 0, 1, 0] * 40)
+    sharp = np.where(late == 1, 0.8, 0.2)
+    state, why = hold_out_test([0.3] * 200, sharp, late, "2013-01-01/2013-03-07", "2013-03-08")
+    assert state is not None and state.bets is not None and state.bets.n == 200, why
+    assert decide(state, ChallengerPolicy().test_config()).action == "promote"
+    for window in ("2013-01-01/2013-03-08", "2013-01-01/2013-03-20", None, ""):
+        refused, why = hold_out_test([0.3] * 200, sharp, late, window, "2013-03-08")
+        assert refused is None and ("trained until" in why or "no training window" in why)
+
+
+def test_a_recorded_opening_is_used_only_by_a_test_at_its_alpha_and_margin():
+    late = np.array([1, 0, 0, 1, 0] * 40)
+    state, _ = hold_out_test([0.3] * 200, np.where(late == 1, 0.8, 0.2), late, "2013-01-01/2013-03-07", "2013-03-08")
+    details = {HOLD_OUT_TEST: state.to_json()}
+    assert opening_state(details, ChallengerPolicy())[0] == state
+    for other in (ChallengerPolicy(alpha=0.01), ChallengerPolicy(margin=0.01)):
+        refused, why = opening_state(details, other)
+        assert refused is None and "the challenger sensor tests at" in why
+    assert opening_state({}, ChallengerPolicy())[0] is None
+    assert "not a test state" in opening_state({HOLD_OUT_TEST: '{"method": "old"}'}, ChallengerPolicy())[1]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from flight_delay.drift import REFERENCE_FILE, Binning, Reference
-from flight_delay.loop import LOOP_CONFIG_ENV
+from flight_delay.loop import HOLD_OUT_FLIGHTS, HOLD_OUT_TEST, LOOP_CONFIG_ENV, ChallengerPolicy, hold_out_test
 from flight_delay.model import MODEL_NAME
 from flight_delay.registry import ModelRegistry
 from pipeline.assets.decisions import model_decisions
@@ -401,3 +401,23 @@ def test_the_loop_configuration_file_reaches_the_sensors(tmp_path, monkeypatch):
     assert drift.minimum_interval_seconds == 7 and "psi beyond 0.35" in drift.description
     assert "21 days" in drift.description
     assert (challenger.minimum_interval_seconds, rollback.minimum_interval_seconds) == (60, 30)
+
+
+def test_a_challenger_test_opens_on_the_hold_out_evidence_its_challenge_recorded(home, registry, log_path):
+    a, b = _models(registry, 2)
+    registry.promote(MODEL_NAME, a, "first", None)
+    late = _late(210)
+    sharp = np.where(late == 1, 0.8, 0.2)
+    opening, _ = hold_out_test([0.3] * 150, sharp[:150], late[:150], "2013-01-01/2013-03-07", "2013-03-08")
+    assert opening is not None
+    recorded = {HOLD_OUT_TEST: opening.to_json(), HOLD_OUT_FLIGHTS: 150}
+    registry.challenge(MODEL_NAME, b, "shadow", 1.0, "passed the offline gate", a, details=recorded)
+    _shadow_log(log_path, a, b, [0.3] * 60, sharp[150:], late[150:])
+    (request,) = _tick(build_challenger_sensor(), _resources(home, log_path)).run_requests
+    figures = json.loads(request.run_config["ops"]["model_decisions"]["config"]["figures"])
+    assert request.run_key == f"challenger:{a}:{b}:promote"
+    assert (figures["n"], figures["hold_out_flights"]) == (210, 150)  # 60 live flights alone wait for 200
+    # An opening recorded for a test at another alpha is not this sensor's: it starts on live traffic.
+    stricter = build_challenger_sensor(ChallengerPolicy(alpha=0.01))
+    fresh = _tick(stricter, _resources(home, log_path))
+    assert not fresh.run_requests and "60 paired flights" in fresh.skip_reason.skip_message

@@ -394,3 +394,27 @@ def test_a_broken_boundary_fails_the_identical_models_check(monkeypatch, aa_spli
     rate = np.mean(actions == sq.PROMOTE)
     print(f"\nmutation {boundary.__name__} with {intersection.__name__}: A/A {rate:.1%} of 200 split runs promoted")
     assert rate > 2 * CONFIG.alpha
+
+
+def test_opening_on_the_gates_hold_out_keeps_identical_models_rarely_promoted():
+    """The loop opens the challenger's test on the offline gate's hold-out (flight_delay.loop.
+    hold_out_test), after the gate chose it on those same flights: here a gate passing a challenger
+    whose mean loss on the first HOLD_OUT flights is lower, the test going on from the hold-out's
+    evidence. Ville's inequality bounds the promotions of all identical challengers by alpha, the
+    gate being a stopping rule; among those the gate passed, by alpha over its pass rate."""
+    hold_out = 6_000  # about 7 days of the replay's flights
+    rng = np.random.default_rng(24)
+    passed, promoted = [], []
+    for _ in range(0, RUNS, CHUNK):
+        champion, challenger = _flights(rng, (CHUNK, CONFIG.max_samples), AA_NOISE, AA_NOISE)
+        gate = (champion[:, :hold_out] - challenger[:, :hold_out]).mean(axis=1) > 0
+        actions, _ = _first_decisions(champion, challenger, CONFIG)
+        passed.append(gate)
+        promoted.append(gate & (actions == sq.PROMOTE))
+    passed_all, promoted_all = np.concatenate(passed), np.concatenate(promoted)
+    rate = promoted_all.mean()
+    print(
+        f"\nA/A opened on a {hold_out}-flight hold-out: the gate passed {passed_all.mean():.1%}; "
+        f"{rate:.1%} of {RUNS} runs promoted ({promoted_all.sum() / passed_all.sum():.1%} of those passed)"
+    )
+    assert rate <= CONFIG.alpha
