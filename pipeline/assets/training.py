@@ -167,7 +167,7 @@ def model_promotion(
         # The challenger sensor's test opens on the hold-out's paired losses when the champion
         # never learned from those flights (flight_delay.loop.hold_out_test says why that is valid).
         policy = LoopConfig.load(os.environ.get(LOOP_CONFIG_ENV)).challenger
-        evaluation_start = training_set.loc[training_set["split"] == "evaluation", "sched_dep_ts"].min()
+        evaluation_start = held_out["sched_dep_ts"].min()
         opening, why = hold_out_test(
             champion_p,
             ServingModel(registry.model_dir(candidate)).predict(held_out),

@@ -158,7 +158,8 @@ def _promotion(monkeypatch, home: Path, candidate: str, champion_auc: float) -> 
 
     @dg.asset(name="training_set")
     def rows() -> pd.DataFrame:
-        return pd.DataFrame({"x": [1, 2]})
+        day = pd.Timestamp("2013-03-08 12:00", tz="UTC")
+        return pd.DataFrame({"sched_dep_ts": [day, day], "split": ["evaluation"] * 2, "is_late": [0, 1]})
 
     result = dg.materialize(
         [candidate_model, rows, training.model_promotion],
