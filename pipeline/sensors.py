@@ -317,9 +317,10 @@ def _judge(
     cursor, outcomes = _read_pair(context, state, log)
     if cursor.requested:
         return dg.SensorResult(skip_reason=f"{cursor.requested} already requested", cursor=cursor.to_json())
-    if not cursor.state and opening is not None:
-        cursor.opened = opening.bets.n if opening.bets is not None else 0
-    test, decision = decide(_test_state(context, cursor, opening), outcomes, policy)
+    so_far = _test_state(context, cursor, opening)
+    if opening is not None and so_far is opening and opening.bets is not None:
+        cursor.opened = opening.bets.n  # a test that starts now, on the hold-out
+    test, decision = decide(so_far, outcomes, policy)
     cursor.state = test.to_json()
     if decision.action == "continue":
         return dg.SensorResult(skip_reason=decision.reason, cursor=cursor.to_json())
