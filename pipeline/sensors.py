@@ -288,18 +288,19 @@ def _read_pair(
 
 
 def _test_state(
-    context: dg.SensorEvaluationContext, cursor: TestCursor, opening: SequentialState | None = None
+    context: dg.SensorEvaluationContext, cursor: TestCursor, opening: Callable[[], SequentialState | None]
 ) -> SequentialState | None:
-    """The pair's test so far: ``opening`` (None: a fresh test on the outcomes from here on) for
-    a new pair, and for a cursor an older version of the test wrote, with a warning: its evidence
-    cannot be carried over."""
-    if not cursor.state:
-        return opening
-    try:
-        return SequentialState.from_json(cursor.state)
-    except (ValueError, TypeError, KeyError) as exc:
-        context.log.warning(f"restarting the test of {cursor.challenger} against {cursor.champion}: {exc}")
-        return opening
+    """The pair's test so far; for a new pair, and for a cursor an older version of the test
+    wrote (with a warning: its evidence cannot be carried over), the test ``opening()`` gives
+    (None: a fresh test on the outcomes from here on), its hold-out flights counted in the cursor."""
+    if cursor.state:
+        try:
+            return SequentialState.from_json(cursor.state)
+        except (ValueError, TypeError, KeyError) as exc:
+            context.log.warning(f"restarting the test of {cursor.challenger} against {cursor.champion}: {exc}")
+    started = opening()
+    cursor.opened = started.bets.n if started is not None and started.bets is not None else 0
+    return started
 
 
 def _judge(
@@ -309,18 +310,16 @@ def _judge(
     kind: str,
     decide: Callable[[SequentialState | None, Any, Any], tuple[SequentialState, Any]],
     policy: ChallengerPolicy | RollbackPolicy,
-    opening: SequentialState | None = None,
+    opening: Callable[[], SequentialState | None] = lambda: None,
 ) -> dg.SensorResult:
-    """The champion/challenger pair's test after the outcomes that came since the cursor, opened
-    on ``opening`` (the offline gate's hold-out) if given; a decision run (once per pair and
-    action) when the test decides. ``kind`` names the run key."""
+    """The champion/challenger pair's test after the outcomes that came since the cursor, a new
+    test opened on what ``opening()`` gives (the offline gate's hold-out; asked only when a test
+    starts); a decision run (once per pair and action) when the test decides. ``kind`` names the
+    run key."""
     cursor, outcomes = _read_pair(context, state, log)
     if cursor.requested:
         return dg.SensorResult(skip_reason=f"{cursor.requested} already requested", cursor=cursor.to_json())
-    so_far = _test_state(context, cursor, opening)
-    if opening is not None and so_far is opening and opening.bets is not None:
-        cursor.opened = opening.bets.n  # a test that starts now, on the hold-out
-    test, decision = decide(so_far, outcomes, policy)
+    test, decision = decide(_test_state(context, cursor, opening), outcomes, policy)
     cursor.state = test.to_json()
     if decision.action == "continue":
         return dg.SensorResult(skip_reason=decision.reason, cursor=cursor.to_json())
@@ -400,7 +399,7 @@ def build_challenger_sensor(
             "challenger",
             challenger_decision,
             policy,
-            _opening(context, state, model_registry.registry(), policy),
+            lambda: _opening(context, state, model_registry.registry(), policy),
         )
 
     return challenger_sensor
